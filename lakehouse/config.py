@@ -1,0 +1,76 @@
+"""Platform settings, defined once.
+
+Every path the platform writes lives under ``$FLD_HOME`` (default ``./fld_home``),
+so a user can see, back up or delete all of it.  Each default below can be
+overridden by an environment variable of the same name in upper case with the
+``FLD_`` prefix (for example ``FLD_SHUFFLE_PARTITIONS=8``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    home: Path = Path("fld_home")
+    # A filesystem path (tables stored by path) or ``catalog.schema`` (managed tables, Databricks).
+    table_root: str = ""
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "3g"
+    shuffle_partitions: int = 4
+    # Decompression-bomb guard: images with more pixels are quarantined before decoding.
+    max_image_pixels: int = 40_000_000
+    # Files per micro-batch per source in streaming ingest.
+    max_files_per_trigger: int = 50
+    # Fetch http(s) URLs named by caption sources (Conceptual Captions / LAION style).
+    fetch_remote: bool = True
+    fetch_timeout_s: float = 10.0
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.home / "checkpoints"
+
+    @property
+    def tables_root(self) -> str:
+        return self.table_root or str(self.home / "tables")
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def synthetic_dir(self) -> Path:
+        return self.home / "synthetic"
+
+    def replace(self, **kw) -> "Settings":
+        return dataclasses.replace(self, **kw)
+
+
+def _coerce(field: dataclasses.Field, raw: str):
+    if field.type in ("bool", bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if field.type in ("int", int):
+        return int(raw)
+    if field.type in ("float", float):
+        return float(raw)
+    if field.type in ("Path", Path):
+        return Path(raw)
+    return raw
+
+
+def load_settings(**overrides) -> Settings:
+    """Defaults, then ``FLD_*`` environment variables, then explicit overrides."""
+    values = {}
+    for f in dataclasses.fields(Settings):
+        raw = os.environ.get("FLD_" + f.name.upper())
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    s = Settings(**values)
+    return s.replace(home=Path(s.home).absolute())

@@ -1,0 +1,60 @@
+"""Image bytes -> identity and validity.  Pure Python; runs inside Spark workers."""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from lakehouse.tables import IMAGE_FORMATS
+
+
+class ImageRejected(ValueError):
+    """An input that cannot become a bronze image; ``reason`` is a quarantine reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def image_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def inspect_image(data: bytes | None, max_pixels: int) -> tuple[str, int, int, str]:
+    """Return (image_id, width, height, format) or raise ImageRejected.
+
+    The pixel limit is checked from the header, before any pixel is decoded.
+    """
+    if not data:
+        raise ImageRejected("empty_file", "0 bytes")
+    Image.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageRejected("too_many_pixels", str(e)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageRejected("not_an_image", f"{len(data)} bytes, no decoder recognises them ({e})") from None
+    with img:
+        fmt, (w, h) = img.format, img.size
+        if fmt not in IMAGE_FORMATS:
+            raise ImageRejected("unsupported_format", f"{fmt} (supported: {', '.join(IMAGE_FORMATS)})")
+        if w * h > max_pixels:
+            raise ImageRejected("too_many_pixels", f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
+        if w <= 0 or h <= 0:
+            raise ImageRejected("not_an_image", f"size {w}x{h}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img.load()
+        except Exception as e:  # PIL raises OSError/SyntaxError/struct.error on cut data
+            raise ImageRejected("truncated_image", f"{fmt} {w}x{h}, pixel data unreadable: {e}") from None
+    return image_id(data), w, h, fmt
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    return img.convert("RGB")

@@ -1,0 +1,306 @@
+"""Streaming ingest: landing area -> bronze images, bronze labels, quarantine.
+
+One Structured Streaming query reads every source kind's landed files (the file
+source locally, Auto Loader on Databricks), parses them with the kind's adapter,
+fetches and validates the image bytes, and writes each micro-batch with Delta
+MERGEs keyed on deterministic ids.  A replayed micro-batch (after a crash) thus
+changes nothing it already wrote, and the checkpoint makes the whole thing
+exactly-once.  ``image_id`` is the SHA-256 of the bytes, so the same image from
+two sources, or ingested twice, is one bronze row.
+
+Every input lands in exactly one place: a new bronze image, a duplicate of one
+(counted in ``ingest_log``), or a quarantine row with a reason.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakehouse.config import Settings
+from lakehouse.images import ImageRejected, inspect_image
+from lakehouse.sources import ADAPTERS
+from lakehouse.sources.base import local_path
+from lakehouse.spark import on_databricks
+from lakehouse.tables import MANIFEST, TableRoot, ensure_tables, read
+
+QUERY_NAME = "ingest"
+MAX_FETCH_BYTES = 64 << 20
+
+BINARY_FILE = T.StructType([
+    T.StructField("path", T.StringType()), T.StructField("modificationTime", T.TimestampType()),
+    T.StructField("length", T.LongType()), T.StructField("content", T.BinaryType()),
+])
+
+# A manifest row after its bytes were fetched and checked.
+RESOLVED = T.StructType(
+    [f for f in MANIFEST.fields if f.name not in ("content", "error_reason", "error_detail")] + [
+        T.StructField("image_id", T.StringType()),
+        T.StructField("content", T.BinaryType()),
+        T.StructField("width", T.IntegerType()),
+        T.StructField("height", T.IntegerType()),
+        T.StructField("format", T.StringType()),
+        T.StructField("size_bytes", T.LongType()),
+        T.StructField("reason", T.StringType()),
+        T.StructField("detail", T.StringType()),
+    ])
+
+
+def _parse_files(kind: str, kind_root: str, batches):
+    import pandas as pd
+
+    adapter = ADAPTERS[kind]
+    cols = [f.name for f in MANIFEST.fields]
+    for pdf in batches:
+        rows = [r for p in pdf["path"] for r in adapter.parse(p, kind_root)]
+        yield pd.DataFrame(rows, columns=cols)
+
+
+def fetch_bytes(uri: str, fetch_remote: bool, timeout: float) -> bytes:
+    """Bytes behind a manifest uri; raises ImageRejected with the reason."""
+    if "://" in uri and not uri.startswith("file:"):
+        if not fetch_remote:
+            raise ImageRejected("fetch_failed", f"remote fetch disabled (FLD_FETCH_REMOTE=0): {uri}")
+        try:
+            with urllib.request.urlopen(uri, timeout=timeout) as r:
+                data = r.read(MAX_FETCH_BYTES + 1)
+        except Exception as e:
+            raise ImageRejected("fetch_failed", f"{uri}: {type(e).__name__}: {e}") from None
+        if len(data) > MAX_FETCH_BYTES:
+            raise ImageRejected("fetch_failed", f"{uri}: larger than {MAX_FETCH_BYTES} bytes")
+        return data
+    path = local_path(uri)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageRejected("missing_file", f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ImageRejected("malformed_record", f"is a directory: {path}") from None
+
+
+def resolve_row(row: dict, max_pixels: int, fetch_remote: bool, timeout: float) -> dict:
+    out = {k: row.get(k) for k in RESOLVED.fieldNames()}
+    out["content"] = None
+    try:
+        if row.get("error_reason"):
+            raise ImageRejected(row["error_reason"], row.get("error_detail") or "")
+        data = row.get("content")
+        if data is None:
+            if not row.get("uri"):
+                raise ImageRejected("malformed_record", "record has neither bytes nor uri")
+            data = fetch_bytes(row["uri"], fetch_remote, timeout)
+        out["size_bytes"] = len(data)
+        out["image_id"], out["width"], out["height"], out["format"] = inspect_image(bytes(data), max_pixels)
+        out["content"] = bytes(data)
+    except ImageRejected as e:
+        out["reason"], out["detail"] = e.reason, e.detail[:2000]
+    return out
+
+
+def _resolve(max_pixels: int, fetch_remote: bool, timeout: float, batches):
+    import pandas as pd
+
+    for pdf in batches:
+        rows = [resolve_row(r, max_pixels, fetch_remote, timeout) for r in pdf.to_dict("records")]
+        yield pd.DataFrame(rows, columns=RESOLVED.fieldNames())
+
+
+def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> DataFrame:
+    """Union of every source kind's landed files, parsed into manifest rows."""
+    out = None
+    for kind in kinds or ADAPTERS:
+        adapter = ADAPTERS[kind]
+        root = settings.landing / kind
+        root.mkdir(parents=True, exist_ok=True)
+        if streaming and on_databricks():
+            reader = (spark.readStream.format("cloudFiles").option("cloudFiles.format", "binaryFile")
+                      .option("cloudFiles.maxFilesPerTrigger", settings.max_files_per_trigger))
+        elif streaming:
+            reader = spark.readStream.format("binaryFile").option("maxFilesPerTrigger", settings.max_files_per_trigger)
+        else:
+            reader = spark.read.format("binaryFile")
+        if streaming:
+            reader = reader.schema(BINARY_FILE)
+        # Only the path is selected, so Spark never reads file contents here; workers do.
+        files = (reader.option("recursiveFileLookup", "true").option("pathGlobFilter", adapter.glob)
+                 .load(str(root)).select("path"))
+        df = files.mapInPandas(functools.partial(_parse_files, kind, str(root)), schema=MANIFEST)
+        out = df if out is None else out.unionByName(df)
+    return out
+
+
+def resolve(df: DataFrame, settings: Settings) -> DataFrame:
+    fn = functools.partial(_resolve, settings.max_image_pixels, settings.fetch_remote, settings.fetch_timeout_s)
+    return df.mapInPandas(fn, schema=RESOLVED)
+
+
+def _quarantine_id():
+    return F.sha2(F.concat_ws("|", "source_kind", "source_name", F.coalesce("original_id", F.lit("")),
+                              F.coalesce("uri", F.lit("")), "reason"), 256)
+
+
+def empty_files(spark, settings: Settings, root: TableRoot, batch_id: int, kinds=None) -> DataFrame | None:
+    """Zero-byte landed files, which Spark's file scan silently skips.
+
+    Swept from the landing area in each micro-batch so they, too, end in
+    quarantine.  Files already quarantined by another batch are left out; those
+    of this batch are kept, so a replayed batch counts them again.
+    """
+    import fnmatch
+
+    rows = []
+    for kind in kinds or ADAPTERS:
+        adapter, kind_root = ADAPTERS[kind], settings.landing / kind
+        for dirpath, dirnames, files in os.walk(kind_root):
+            dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
+            for fn in files:
+                p = Path(dirpath) / fn
+                if fn.startswith((".", "_")) or not fnmatch.fnmatch(fn, adapter.glob) or p.stat().st_size:
+                    continue
+                name = adapter.source_name(str(p), str(kind_root))
+                rel = str(p.relative_to(adapter.dataset_dir(str(p), str(kind_root))))
+                rows.append({**{k: None for k in RESOLVED.fieldNames()}, "source_kind": kind, "source_name": name,
+                             "original_id": rel, "uri": str(p), "labels": [], "size_bytes": 0,
+                             "reason": "empty_file", "detail": "0 bytes"})
+    if not rows:
+        return None
+    df = spark.createDataFrame(rows, RESOLVED)
+    key = _quarantine_id()
+    seen = read(spark, root, "quarantine").filter(F.col("ingest_batch") != batch_id).select("quarantine_id")
+    return df.withColumn("_qid", key).join(seen, F.col("_qid") == seen.quarantine_id, "left_anti").drop("_qid")
+
+
+def _merge_insert(spark, root: TableRoot, name: str, df: DataFrame, keys: list[str]) -> None:
+    from delta.tables import DeltaTable
+
+    target = DeltaTable.forName(spark, root.ident(name)) if root.is_catalog else DeltaTable.forPath(spark, root.path(name))
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    target.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
+
+
+def _pixel_bbox():
+    lab = F.col("lab")
+    scaled = F.array(lab.bbox[0] * F.col("width"), lab.bbox[1] * F.col("height"),
+                     lab.bbox[2] * F.col("width"), lab.bbox[3] * F.col("height"))
+    return F.when(F.coalesce(lab.normalized, F.lit(False)) & lab.bbox.isNotNull(), scaled).otherwise(lab.bbox)
+
+
+def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str = QUERY_NAME,
+                log=print) -> dict:
+    """Write one resolved micro-batch.  Idempotent: replaying ``batch_id`` changes nothing."""
+    df = df.persist()
+    try:
+        now = F.current_timestamp()
+        ok = df.filter(F.col("reason").isNull())
+        first = Window.partitionBy("image_id").orderBy("source_kind", "source_name", "original_id")
+        images = (ok.withColumn("_n", F.row_number().over(first)).filter("_n = 1")
+                  .select("image_id", "content", "width", "height", "format", "source_kind", "source_name",
+                          "original_id", "uri", now.alias("ingest_time"), F.lit(query).alias("ingest_query"),
+                          F.lit(batch_id).cast("long").alias("ingest_batch")))
+        _merge_insert(spark, root, "bronze_images", images, ["image_id"])
+
+        labels = (ok.select("image_id", "source_kind", "source_name", "original_id", "width", "height",
+                            F.posexplode("labels").alias("pos", "lab"))
+                  .select(F.sha2(F.concat_ws("|", "image_id", "source_kind", "source_name", "original_id",
+                                             F.col("pos").cast("string")), 256).alias("label_id"),
+                          "image_id", "source_kind", "source_name", "original_id", F.col("lab.kind").alias("kind"),
+                          F.col("lab.text").alias("text"), _pixel_bbox().alias("bbox"),
+                          F.col("lab.polygons").alias("polygons"), F.col("lab.quad").alias("quad"),
+                          now.alias("ingest_time")))
+        _merge_insert(spark, root, "bronze_labels", labels, ["label_id"])
+
+        bad = (df.filter(F.col("reason").isNotNull())
+               .select(_quarantine_id().alias("quarantine_id"),
+                       "source_kind", "source_name", "original_id", "uri", "reason", "detail", "size_bytes",
+                       now.alias("ingest_time"), F.lit(query).alias("ingest_query"),
+                       F.lit(batch_id).cast("long").alias("ingest_batch")))
+        _merge_insert(spark, root, "quarantine", bad, ["quarantine_id"])
+
+        # "new" is read back from bronze by batch tag, so a replayed batch counts the same.
+        new = {r["source_kind"]: r["n"] for r in read(spark, root, "bronze_images")
+               .filter((F.col("ingest_query") == query) & (F.col("ingest_batch") == batch_id))
+               .groupBy("source_kind").agg(F.count("*").alias("n")).collect()}
+        stats = df.groupBy("source_kind").agg(
+            F.count("*").alias("inputs"),
+            F.sum(F.col("reason").isNotNull().cast("long")).alias("quarantined"),
+            F.sum(F.when(F.col("reason").isNull(), F.size("labels")).otherwise(0)).cast("long").alias("labels"),
+        ).collect()
+        rows = []
+        for r in stats:
+            n_new = new.get(r["source_kind"], 0)
+            rows.append((query, int(batch_id), r["source_kind"], r["inputs"], n_new,
+                         r["inputs"] - r["quarantined"] - n_new, r["quarantined"], r["labels"]))
+        from lakehouse.tables import TABLES
+
+        log_df = spark.createDataFrame(rows, "ingest_query string, batch_id long, source_kind string, inputs long, "
+                                             "new_images long, duplicates long, quarantined long, labels long")
+        log_df = log_df.withColumn("logged_at", now).select(*TABLES["ingest_log"].schema.fieldNames())
+        _merge_insert(spark, root, "ingest_log", log_df, ["ingest_query", "batch_id", "source_kind"])
+        summary = {k: sum(r[i] for r in rows) for i, k in ((3, "inputs"), (4, "new"), (5, "duplicates"), (6, "quarantined"))}
+        if log:
+            log(f"[ingest] batch {batch_id}: {summary['inputs']} inputs -> {summary['new']} new, "
+                f"{summary['duplicates']} duplicate, {summary['quarantined']} quarantined")
+        return summary
+    finally:
+        df.unpersist()
+
+
+@dataclass
+class IngestResult:
+    batches: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=None, timeout_s: float | None = None,
+               log=print) -> IngestResult:
+    """Run the ingest query.  ``available-now`` processes what has landed and stops;
+    ``continuous`` keeps polling the landing area (until ``timeout_s``, if given)."""
+    root = TableRoot(settings.tables_root)
+    ensure_tables(spark, root)
+    result = IngestResult()
+
+    def batch(df, batch_id):
+        empties = empty_files(spark, settings, root, batch_id, kinds)
+        if empties is not None:
+            df = df.unionByName(empties)
+        write_batch(spark, root, df, batch_id, log=log)
+        result.batches.append(batch_id)
+
+    stream = resolve(manifest(spark, settings, kinds, streaming=True), settings)
+    writer = (stream.writeStream.queryName(QUERY_NAME).foreachBatch(batch)
+              .option("checkpointLocation", str(settings.checkpoints / QUERY_NAME)))
+    writer = writer.trigger(availableNow=True) if mode == "available-now" else writer.trigger(processingTime="5 seconds")
+    t0 = time.time()
+    q = writer.start()
+    q.awaitTermination(timeout_s)
+    if q.isActive:
+        q.stop()
+    if q.exception():
+        raise q.exception()
+    result.seconds = time.time() - t0
+    return result
+
+
+def totals(spark, settings: Settings) -> dict:
+    """Counts per source over the whole ingest log and current tables (for reports and tests)."""
+    root = TableRoot(settings.tables_root)
+    per_source = {r["source_kind"]: r.asDict() for r in read(spark, root, "ingest_log").groupBy("source_kind").agg(
+        *(F.sum(c).alias(c) for c in ("inputs", "new_images", "duplicates", "quarantined", "labels"))).collect()}
+    return {
+        "per_source": per_source,
+        "bronze_images": read(spark, root, "bronze_images").count(),
+        "bronze_labels": read(spark, root, "bronze_labels").count(),
+        "quarantine": {r["reason"]: r["count"] for r in read(spark, root, "quarantine").groupBy("reason").count().collect()},
+    }
+
+
+def landing_file_count(settings: Settings) -> int:
+    return sum(len(files) for _, _, files in os.walk(Path(settings.landing)))

@@ -1,0 +1,1 @@
+"""Great Expectations suites and the round gate (see the data-engine issue)."""
