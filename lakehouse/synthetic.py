@@ -191,6 +191,14 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def _where(position: str) -> str:
+    if position in ("left", "right"):
+        return f"on the {position}"
+    if position in ("top", "bottom"):
+        return f"at the {position}"
+    return f"in the {position}"
+
+
 def _obj_phrase(o: SceneObject) -> str:
     return f"{_article(o.size)} {o.size} {o.color} {o.category}"
 
@@ -232,9 +240,7 @@ def describe(scene: Scene) -> None:
             b.add(" and ")
         phrase = group_phrase(color, cat, members)
         b.add(phrase[0].upper() + phrase[1:] if i == 0 else phrase, [o.id for o in members])
-    if len(groups) > 2:
-        b.add(" with other shapes")
-    if shown:
+    if len(groups) == 1:
         b.add(f" on a {scene.background} background")
     b.add(".")
     scene.captions["brief"] = b.text()
@@ -243,10 +249,13 @@ def describe(scene: Scene) -> None:
     d = _Builder("detailed", scene)
     n = len(objs)
     d.add(f"The image shows {NUMBERS[n] if n < len(NUMBERS) else n} shape{'s' if n != 1 else ''} on a {scene.background} background.")
-    for o in objs:
+    salient = sorted(objs, key=lambda o: -(o.bbox[2] - o.bbox[0]) * (o.bbox[3] - o.bbox[1]))[:2]
+    for o in sorted(salient, key=lambda o: o.id):
         d.add(" There is ")
         d.add(_obj_phrase(o), [o.id])
-        d.add(f" in the {o.position} of the picture." if o.position != "center" else " in the center.")
+        d.add(f" {_where(o.position)}.")
+    if n > len(salient):
+        d.add(f" {NUMBERS[n - len(salient)].capitalize()} smaller shape{'s are' if n - len(salient) > 1 else ' is'} also visible.")
     for wd in scene.words:
         d.add(f' The word "{wd.text}" is written in {wd.color} letters.')
     scene.captions["detailed"] = d.text()
@@ -256,7 +265,8 @@ def describe(scene: Scene) -> None:
     m.add(f"This is a simple drawing on a plain {scene.background} background, with {NUMBERS[n] if n < len(NUMBERS) else n} "
           f"geometric shape{'s' if n != 1 else ''} spread across the picture.")
     for o in objs:
-        m.add(" In the " + o.position + " there is ")
+        w = _where(o.position)
+        m.add(f" {w[0].upper()}{w[1:]} there is ")
         m.add(_obj_phrase(o), [o.id])
         covered = [p for p in objs if p.id > o.id and _overlaps(p.bbox, o.bbox)]
         if covered:

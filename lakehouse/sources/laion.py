@@ -33,5 +33,6 @@ class LaionParquet(SourceAdapter):
                     yield manifest_row(self, source_name, oid, error_reason="malformed_record",
                                        error_detail=f"row {n}: neither image bytes nor url")
                     continue
-                yield manifest_row(self, source_name, oid, uri=self.resolve(dataset_dir, url) if url else None,
-                                   content=data, labels=labs)
+                # Inline bytes are located by their record, so every bronze row has a uri.
+                uri = self.resolve(dataset_dir, url) if url else f"{path}#{oid}"
+                yield manifest_row(self, source_name, oid, uri=uri, content=data, labels=labs)

@@ -1,0 +1,50 @@
+import io
+
+import pytest
+from PIL import Image
+
+from lakehouse.images import ImageRejected, image_id, inspect_image
+
+
+def _png(w=20, h=10, mode="RGB"):
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), 128 if mode == "L" else (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg(w=64, h=48):
+    buf = io.BytesIO()
+    Image.effect_noise((w, h), 50).convert("RGB").save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_valid_image_identity():
+    data = _png()
+    iid, w, h, fmt = inspect_image(data, 10_000)
+    assert (w, h, fmt) == (20, 10, "PNG")
+    assert iid == image_id(data) and len(iid) == 64
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty_file"),
+    (b"hello, not an image", "not_an_image"),
+    (_jpeg()[: len(_jpeg()) // 2], "truncated_image"),
+], ids=["empty", "text", "truncated"])
+def test_rejections(data, reason):
+    with pytest.raises(ImageRejected) as e:
+        inspect_image(data, 10_000_000)
+    assert e.value.reason == reason
+
+
+def test_unsupported_format():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "GIF")
+    with pytest.raises(ImageRejected, match="unsupported_format: GIF"):
+        inspect_image(buf.getvalue(), 10_000)
+
+
+def test_pixel_limit_checked_before_decoding():
+    with pytest.raises(ImageRejected) as e:
+        inspect_image(_png(200, 100, "L"), 19_999)
+    assert e.value.reason == "too_many_pixels" and "200x100" in e.value.detail
+    assert inspect_image(_png(200, 100, "L"), 20_000)[1:3] == (200, 100)

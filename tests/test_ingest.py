@@ -1,0 +1,219 @@
+"""Streaming ingest on a real local SparkSession with Delta."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse.ingest import run_ingest, totals
+from lakehouse.synthetic import SOURCE_KINDS, write_world
+from lakehouse.tables import TableRoot, read
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _world(settings, n=20, **kw):
+    return write_world(settings.landing, settings.synthetic_dir, n_images=n, seed=7, **kw)
+
+
+def _accounting(spark, settings):
+    t = totals(spark, settings)
+    inputs = sum(v["inputs"] for v in t["per_source"].values())
+    return t, inputs
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, tmp_path_factory):
+    from lakehouse.config import load_settings
+
+    s = load_settings(home=tmp_path_factory.mktemp("ingest") / "fld_home", max_files_per_trigger=1000)
+    expected = _world(s)
+    res = run_ingest(spark, s, log=None)
+    return s, expected, res
+
+
+def test_every_input_accounted_for(spark, ingested):
+    s, expected, res = ingested
+    t, inputs = _accounting(spark, s)
+    assert inputs == expected["inputs"]
+    assert t["bronze_images"] == expected["distinct_images"]
+    assert t["quarantine"] == expected["quarantined"]
+    log = read(spark, TableRoot(s.tables_root), "ingest_log").collect()
+    assert all(r.inputs == r.new_images + r.duplicates + r.quarantined for r in log)
+
+
+def test_each_source_format_lands_with_its_labels(spark, ingested):
+    s, expected, _ = ingested
+    root = TableRoot(s.tables_root)
+    labels = read(spark, root, "bronze_labels")
+    kinds = {(r.source_kind, r.kind) for r in labels.select("source_kind", "kind").distinct().collect()}
+    assert kinds == {("imagefolder", "class"), ("coco", "box"), ("coco", "caption"), ("openimages", "box"),
+                     ("cc", "caption"), ("laion", "caption")}
+    assert {r.source_kind for r in read(spark, root, "bronze_images").select("source_kind").distinct().collect()} \
+        == set(SOURCE_KINDS)
+    truth = {json.loads(line)["image_id"]: json.loads(line) for line in open(s.synthetic_dir / "ground_truth.jsonl")}
+    # Open Images boxes arrive normalised and must come out in pixels, matching ground truth.
+    for r in labels.filter("source_kind = 'openimages'").collect():
+        gt = [o["bbox"] for o in truth[r.image_id]["objects"]]
+        assert min(max(abs(a - b) for a, b in zip(r.bbox, g)) for g in gt) < 1e-3
+    for r in labels.filter("source_kind = 'coco' AND kind = 'box'").collect():
+        obj = [o for o in truth[r.image_id]["objects"] if o["bbox"] == [round(v, 2) for v in r.bbox]]
+        assert obj and r.text == obj[0]["category"] and r.polygons[0] == obj[0]["polygon"]
+    classes = labels.filter("kind = 'class'").join(read(spark, root, "bronze_images"), "image_id").collect()
+    assert all(r.text in r.uri for r in classes)
+
+
+def test_rows_carry_metadata(spark, ingested):
+    s, _, _ = ingested
+    for r in read(spark, TableRoot(s.tables_root), "bronze_images").drop("content").collect():
+        assert r.width > 0 and r.height > 0 and r.format in ("PNG", "JPEG") and r.uri and r.ingest_time
+        assert r.original_id and r.source_name == "synthetic"
+
+
+def test_quarantine_rows_name_record_and_reason(spark, ingested):
+    s, _, _ = ingested
+    rows = read(spark, TableRoot(s.tables_root), "quarantine").collect()
+    by = {r.reason: r for r in rows}
+    assert by["empty_file"].uri.endswith("empty.png")
+    assert "does-not-exist.jpg" in by["missing_file"].detail
+    assert "GIF" in by["unsupported_format"].detail
+    assert "8000x6000" in by["too_many_pixels"].detail
+    assert all(r.original_id and r.detail for r in rows)
+
+
+def test_rerun_and_cross_source_duplicates_add_no_rows(spark, ingested):
+    s, expected, _ = ingested
+    root = TableRoot(s.tables_root)
+    before = read(spark, root, "bronze_images").count()
+    assert run_ingest(spark, s, log=None).batches == []            # nothing new landed
+    # the same files landed again under another source name: all duplicates
+    shutil.copytree(s.landing / "laion" / "synthetic", s.landing / "laion" / "mirror")
+    res = run_ingest(spark, s, log=None)
+    assert len(res.batches) == 1
+    assert read(spark, root, "bronze_images").count() == before
+    last = read(spark, root, "ingest_log").filter(F.col("batch_id") == res.batches[0]).collect()
+    assert sum(r.new_images for r in last) == 0 and sum(r.duplicates for r in last) == sum(r.inputs for r in last) > 0
+
+
+def test_time_travel(spark, ingested):
+    s, expected, _ = ingested
+    root = TableRoot(s.tables_root)
+    hist = spark.sql(f"DESCRIBE HISTORY {root.ident('bronze_images')}").orderBy("version").collect()
+    merges = [h.version for h in hist if h.operation == "MERGE"]
+    assert read(spark, root, "bronze_images", version=merges[0] - 1).count() == 0
+    assert read(spark, root, "bronze_images", version=merges[0]).count() == expected["distinct_images"]
+
+
+def test_independent_delta_reader_sees_same_rows(spark, ingested):
+    deltalake = pytest.importorskip("deltalake")
+    import pyarrow.parquet as pq
+
+    s, _, _ = ingested
+    root = TableRoot(s.tables_root)
+    for name, key in (("bronze_images", "image_id"), ("bronze_labels", "label_id"), ("quarantine", "quarantine_id")):
+        dt = deltalake.DeltaTable(root.path(name))
+        # deltalake replays the log independently of Spark; pyarrow reads the active files
+        ids = [v for f in dt.file_uris() for v in pq.read_table(f.replace("file://", ""), columns=[key])[key].to_pylist()]
+        spark_ids = [r[0] for r in read(spark, root, name).select(key).collect()]
+        assert sorted(ids) == sorted(spark_ids) and len(ids) == len(set(ids))
+        assert dt.version() == spark.sql(f"DESCRIBE HISTORY {root.ident(name)} LIMIT 1").collect()[0].version
+
+
+def _ingest_cmd(s, *extra):
+    return [sys.executable, "-m", "jobs.ingest", "--home", str(s.home), *extra]
+
+
+def test_sigkill_mid_batch_then_restart_is_exact(spark, settings):
+    expected = _world(settings, n=15)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(_ingest_cmd(settings, "--max-files-per-trigger", "1"), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = settings.checkpoints / "ingest"
+    killed_at = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        offsets = {int(p.name) for p in (ckpt / "offsets").glob("[0-9]*")} if (ckpt / "offsets").exists() else set()
+        commits = {int(p.name) for p in (ckpt / "commits").glob("[0-9]*")} if (ckpt / "commits").exists() else set()
+        open_batches = offsets - commits
+        if commits and open_batches:   # at least one batch done, the next one started
+            time.sleep(1.0)             # let it get into its writes
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = max(open_batches)
+            break
+        time.sleep(0.2)
+    proc.wait(30)
+    assert killed_at is not None, "ingest finished before it could be killed; land more files"
+    r = subprocess.run(_ingest_cmd(settings), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    t, inputs = _accounting(spark, settings)
+    assert inputs == expected["inputs"]
+    assert t["bronze_images"] == expected["distinct_images"]
+    assert t["quarantine"] == expected["quarantined"]
+    root = TableRoot(settings.tables_root)
+    labels = read(spark, root, "bronze_labels")
+    assert labels.count() == labels.select("label_id").distinct().count() == sum(v["labels"] for v in t["per_source"].values())
+    assert "micro-batches" in r.stdout and "quarantined" in r.stdout
+
+
+def test_continuous_mode_picks_up_new_files(spark, settings):
+    _world(settings, n=5, bad_inputs=False)
+    later = settings.home / "later"
+    write_world(later / "landing", later / "truth", n_images=5, seed=99, bad_inputs=False, source_name="late")
+
+    def land_later():
+        time.sleep(12)
+        for kind in SOURCE_KINDS:
+            shutil.copytree(later / "landing" / kind / "late", settings.landing / kind / "late")
+
+    th = threading.Thread(target=land_later)
+    th.start()
+    res = run_ingest(spark, settings, mode="continuous", timeout_s=45, log=None)
+    th.join()
+    assert len(res.batches) >= 2
+    assert read(spark, TableRoot(settings.tables_root), "bronze_images").count() == 10
+
+
+def test_remote_urls_are_fetched(spark, settings, tmp_path):
+    write_world(tmp_path / "srv", tmp_path / "t", n_images=5, seed=3, bad_inputs=False)
+    served = tmp_path / "srv" / "cc" / "synthetic"
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        dest = settings.landing / "cc" / "web"
+        dest.mkdir(parents=True)
+        lines = [line.split("\t") for line in (served / "train.tsv").read_text().splitlines()]
+        (dest / "web.tsv").write_text("".join(f"{c}\thttp://127.0.0.1:{port}/{u}\n" for c, u in lines)
+                                      + f"missing\thttp://127.0.0.1:{port}/images/nope.jpg\n")
+        run_ingest(spark, settings, kinds=["cc"], log=None)
+        t = totals(spark, settings)
+        assert t["bronze_images"] == len(lines) and t["quarantine"] == {"fetch_failed": 1}
+    finally:
+        httpd.shutdown()
+
+
+def test_real_coco_sample(spark, settings, real_dev):
+    src = real_dev / "coco_train2017_det_caption"
+    dest = settings.landing / "coco" / "coco_dev"
+    shutil.copytree(src / "images", dest / "images")
+    (dest / "annotations").mkdir()
+    for f in ("instances_train2017.json", "captions_train2017.json"):
+        shutil.copy(src / "annotations" / f, dest / "annotations" / f)
+    run_ingest(spark, settings, kinds=["coco"], log=None)
+    t = totals(spark, settings)
+    assert t["bronze_images"] == 20 and t["quarantine"] == {}
+    labels = read(spark, TableRoot(settings.tables_root), "bronze_labels")
+    assert labels.filter("kind = 'box'").count() == 134
+    assert labels.filter("kind = 'caption'").count() == 100
+    assert labels.filter("kind = 'box' AND polygons IS NOT NULL").count() == 133   # one RLE crowd mask keeps its box

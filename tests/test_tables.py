@@ -1,0 +1,27 @@
+import pytest
+
+from lakehouse.tables import TABLES, TableRoot, current_version, ensure_tables, read
+
+
+def test_table_root_kinds(tmp_path):
+    assert TableRoot("main.fld").is_catalog
+    assert TableRoot("main.fld").ident("bronze_images") == "main.fld.bronze_images"
+    r = TableRoot(str(tmp_path))
+    assert not r.is_catalog and r.ident("quarantine") == f"delta.`{tmp_path}/quarantine`"
+    with pytest.raises(KeyError, match="unknown table 'nope'"):
+        r.ident("nope")
+
+
+def test_ensure_tables_idempotent_with_constraints(spark, tmp_path):
+    root = TableRoot(str(tmp_path / "tables"))
+    ensure_tables(spark, root)
+    versions = {n: current_version(spark, root, n) for n in TABLES}
+    ensure_tables(spark, root)
+    assert {n: current_version(spark, root, n) for n in TABLES} == versions
+    for name, t in TABLES.items():
+        assert read(spark, root, name).schema.fieldNames() == t.schema.fieldNames()
+    props = {r["key"] for r in spark.sql(f"SHOW TBLPROPERTIES {root.ident('quarantine')}").collect()}
+    assert "delta.constraints.known_reason" in props
+    with pytest.raises(Exception, match="(?i)check constraint"):
+        spark.sql(f"INSERT INTO {root.ident('quarantine')} VALUES "
+                  "('q', 'coco', 'x', null, null, 'because', null, 0, current_timestamp(), null, null)")
