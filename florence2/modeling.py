@@ -1,0 +1,87 @@
+"""Model factory: named Florence-2 configurations over transformers' own
+``Florence2ForConditionalGeneration`` (not reimplemented here).
+
+``base`` and ``large`` have the official dimensions; ``tiny`` and ``small`` are
+for CPU training and tests.  Models save and load in the Hugging Face layout,
+which is also the layout of converted official checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from florence2.processing import Florence2Processor, num_image_tokens
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    image_size: int
+    embed_dim: tuple
+    num_heads: tuple
+    depths: tuple
+    window_size: int
+    d_model: int
+    layers: int           # encoder and decoder each
+    heads: int
+    ffn: int
+    max_positions: int
+
+
+SIZES = {
+    "tiny": ModelSize(128, (32, 64, 96, 128), (1, 2, 3, 4), (1, 1, 1, 1), 4, 128, 2, 4, 512, 512),
+    "small": ModelSize(256, (48, 96, 192, 384), (2, 4, 8, 12), (1, 1, 3, 1), 8, 256, 3, 4, 1024, 512),
+    "base": ModelSize(768, (128, 256, 512, 1024), (4, 8, 16, 32), (1, 1, 9, 1), 12, 768, 6, 12, 3072, 1024),
+    "large": ModelSize(768, (256, 512, 1024, 2048), (8, 16, 32, 64), (1, 1, 9, 1), 12, 1024, 12, 16, 4096, 1024),
+}
+
+
+def make_config(size: str, vocab_size: int, image_token_id: int, pad_token_id=1, bos_token_id=0, eos_token_id=2):
+    from transformers import BartConfig, Florence2Config, Florence2VisionConfig
+
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    s = SIZES[size]
+    vision = Florence2VisionConfig(
+        depths=s.depths, embed_dim=s.embed_dim, num_heads=s.num_heads, num_groups=s.num_heads,
+        window_size=s.window_size, projection_dim=s.d_model, drop_path_rate=0.1 if size in ("base", "large") else 0.0)
+    text = BartConfig(
+        vocab_size=vocab_size, d_model=s.d_model, encoder_layers=s.layers, decoder_layers=s.layers,
+        encoder_attention_heads=s.heads, decoder_attention_heads=s.heads, encoder_ffn_dim=s.ffn,
+        decoder_ffn_dim=s.ffn, max_position_embeddings=s.max_positions, pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id, eos_token_id=eos_token_id, decoder_start_token_id=eos_token_id,
+        forced_eos_token_id=eos_token_id, dropout=0.1 if size in ("base", "large") else 0.0, scale_embedding=False)
+    return Florence2Config(text_config=text, vision_config=vision, image_token_id=image_token_id)
+
+
+def create(size: str, tokenizer, seed: int = 0):
+    """A randomly initialised model of a named size, and its processor."""
+    import torch
+    from transformers import Florence2ForConditionalGeneration
+
+    cfg = make_config(size, len(tokenizer), tokenizer.image_token_id, tokenizer.pad_token_id,
+                      tokenizer.bos_token_id, tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(cfg)
+    model.generation_config.decoder_start_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    image_size = SIZES[size].image_size
+    proc = Florence2Processor(tokenizer, image_size, num_image_tokens(image_size, cfg.vision_config))
+    return model, proc
+
+
+def save(model, processor: Florence2Processor, path) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    processor.save_pretrained(str(path))
+
+
+def load(path, device: str = "cpu"):
+    """A model directory in the Hugging Face layout (ours, or a converted official checkpoint)."""
+    from transformers import Florence2ForConditionalGeneration
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
+    model = Florence2ForConditionalGeneration.from_pretrained(str(path)).to(device).eval()
+    return model, Florence2Processor.from_pretrained(path)
