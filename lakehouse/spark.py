@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import importlib.metadata
 import logging
 import os
@@ -11,23 +10,56 @@ from pathlib import Path
 from lakehouse.config import Settings, load_settings
 
 _SCALA = "2.12"
+MAVEN = "https://repo1.maven.org/maven2"
+
+
+def delta_jar_coordinates() -> list[tuple[str, str, str]]:
+    """delta-spark and its runtime dependencies (its POM's compile scope), for the installed version."""
+    v = importlib.metadata.version("delta-spark")
+    return [("io.delta", f"delta-spark_{_SCALA}", v), ("io.delta", "delta-storage", v),
+            ("org.antlr", "antlr4-runtime", "4.9.3")]
 
 
 def _delta_coordinates() -> str:
-    return f"io.delta:delta-spark_{_SCALA}:{importlib.metadata.version('delta-spark')}"
+    return ",".join(":".join(c) for c in delta_jar_coordinates()[:1])
+
+
+def jar_dir() -> Path:
+    """Shared jar cache outside the clone, filled once by ``scripts/setup.sh``."""
+    return Path(os.environ.get("FLD_JAR_DIR") or Path(os.environ.get("FLD_CACHE", Path.home() / ".cache/fld")) / "jars")
 
 
 def ivy_dir() -> Path:
-    """Shared Ivy cache outside the clone, filled once by ``scripts/setup.sh``."""
-    return Path(os.environ.get("FLD_IVY_DIR") or Path(os.environ.get("FLD_CACHE", Path.home() / ".cache/fld")) / "ivy")
+    return jar_dir().parent / "ivy"
 
 
 def _cached_delta_jars() -> list[str]:
-    version = importlib.metadata.version("delta-spark")
-    jars = sorted(glob.glob(str(ivy_dir() / "jars" / "*.jar")))
-    if any(Path(j).name == f"io.delta_delta-spark_{_SCALA}-{version}.jar" for j in jars):
-        return jars
-    return []
+    jars = [jar_dir() / f"{a}-{v}.jar" for _, a, v in delta_jar_coordinates()]
+    return [str(j) for j in jars] if all(j.exists() for j in jars) else []
+
+
+def fetch_jars() -> list[str]:
+    """Download the Delta jars straight from Maven Central, checking each one's SHA-1.
+    (Ivy resolution also tries other repositories and was seen to hang on a closed network.)"""
+    import hashlib
+    import urllib.request
+
+    jar_dir().mkdir(parents=True, exist_ok=True)
+    for g, a, v in delta_jar_coordinates():
+        dest = jar_dir() / f"{a}-{v}.jar"
+        if dest.exists():
+            continue
+        url = f"{MAVEN}/{g.replace('.', '/')}/{a}/{v}/{a}-{v}.jar"
+        with urllib.request.urlopen(url, timeout=60) as r:
+            data = r.read()
+        with urllib.request.urlopen(url + ".sha1", timeout=60) as r:
+            want = r.read().decode().split()[0].strip()
+        if hashlib.sha1(data).hexdigest() != want:
+            raise RuntimeError(f"checksum mismatch for {url}")
+        tmp = dest.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.rename(dest)
+    return _cached_delta_jars()
 
 
 def on_databricks() -> bool:
@@ -80,23 +112,10 @@ def get_spark(settings: Settings | None = None, app_name: str = "fld"):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--fetch-jars", action="store_true", help="resolve the Delta jars into the shared Ivy cache")
+    p.add_argument("--fetch-jars", action="store_true", help="download the Delta jars into the shared cache")
     args = p.parse_args(argv)
     if args.fetch_jars:
-        from pyspark.sql import SparkSession
-
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        spark = (
-            SparkSession.builder.master("local[1]")
-            .config("spark.jars.packages", _delta_coordinates())
-            .config("spark.jars.ivy", str(ivy_dir()))
-            .config("spark.ui.enabled", "false")
-            .getOrCreate()
-        )
-        spark.stop()
-        print("delta jars:", *(_cached_delta_jars() or ["MISSING"]), sep="\n  ")
-        if not _cached_delta_jars():
-            raise SystemExit("Delta jars were not resolved into " + str(ivy_dir()))
+        print("delta jars:", *fetch_jars(), sep="\n  ")
 
 
 if __name__ == "__main__":

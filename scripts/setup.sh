@@ -56,11 +56,10 @@ if ! "$VENV/bin/python" -c "import florence2, lakehouse, quality, jobs" 2>/dev/n
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
 fi
 
-# Delta jars: resolved once into a shared ivy cache; later Spark starts use the local jars.
-if [ ! -f "$CACHE/ivy/.delta-resolved" ]; then
-  log "fetching Delta jars from Maven into $CACHE/ivy"
-  FLD_IVY_DIR="$CACHE/ivy" "$VENV/bin/python" -m lakehouse.spark --fetch-jars >&2
-  touch "$CACHE/ivy/.delta-resolved"
+# Delta jars: downloaded once from Maven Central into a shared cache; Spark starts then need no network.
+if ! FLD_CACHE="$CACHE" "$VENV/bin/python" -c "import sys, lakehouse.spark as s; sys.exit(0 if s._cached_delta_jars() else 1)"; then
+  log "fetching Delta jars from Maven Central into $CACHE/jars"
+  FLD_CACHE="$CACHE" "$VENV/bin/python" -m lakehouse.spark --fetch-jars >&2
 fi
 ln -sfn "$VENV" "$ROOT/.venv"
 echo "$VENV"
