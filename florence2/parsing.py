@@ -39,6 +39,7 @@ POST_PROCESSOR_CONFIG = {
 _TEXT_PATTERN = r"^\s*(.*?)(?=<od>|</od>|<box>|</box>|<bbox>|</bbox>|<loc_)"
 _BOX_PATTERN = r"<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>"
 _LOC = re.compile(r"<loc_(\d+)>")
+_P = len("<loc_")  # ``locs`` are offsets of the "<loc_" that starts each location token
 
 
 def _clean(text: str) -> str:
@@ -67,14 +68,14 @@ def parse_ocr(text, image_size, as_int=True, area_threshold: float = 0.0):
             area = 0.5 * abs(sum(xs[i] * ys[i + 1] - xs[i + 1] * ys[i] for i in range(4 - 1)))
             if area < (width * height) * area_threshold:
                 continue
-        out.append({"quad_box": quad, "text": m.group(1).strip(), "locs": [m.start(k) for k in range(2, 10)]})
+        out.append({"quad_box": quad, "text": m.group(1).strip(), "locs": [m.start(k) - _P for k in range(2, 10)]})
     return out
 
 
 def _boxes(phrase_text: str, offset: int, image_size, as_int):
     ms = list(re.finditer(_BOX_PATTERN, phrase_text))
     return ([_deq([int(m.group(j)) for j in range(1, 5)], image_size, as_int) for m in ms],
-            [[offset + m.start(j) for j in range(1, 5)] for m in ms])
+            [[offset + m.start(j) - _P for j in range(1, 5)] for m in ms])
 
 
 def parse_phrase_grounding(text, image_size, as_int=True, banned=BANNED_GROUNDING_TOKENS):

@@ -77,6 +77,17 @@ class Florence2Processor:
         seqs = [[tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id] for t in targets]
         return _pad(seqs, -100)["input_ids"]
 
+    def batch(self, images, prompts: list[str], targets: list[str] | None = None) -> dict:
+        """Model inputs as torch tensors; with ``targets``, ``labels`` for the loss."""
+        import torch
+
+        enc = self.encode_prompts(prompts)
+        out = {"pixel_values": torch.from_numpy(self.preprocess(images)),
+               "input_ids": torch.from_numpy(enc["input_ids"]), "attention_mask": torch.from_numpy(enc["attention_mask"])}
+        if targets is not None:
+            out["labels"] = torch.from_numpy(self.encode_targets(targets))
+        return out
+
     # --- Hugging Face layout ---
     def save_pretrained(self, path) -> None:
         from transformers import CLIPImageProcessorPil

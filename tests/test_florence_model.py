@@ -1,0 +1,197 @@
+"""The tiny Florence-2 model: learning, batched inference, save/load, official layout, bad inputs."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from florence2 import modeling
+from florence2.predictor import PredictionInputError, Predictor, Request, one_by_one
+from florence2.processing import Florence2Processor
+from florence2.targets import build_examples, from_synthetic
+from florence2.tasks import build_prompt
+from lakehouse.synthetic import generate
+
+from florence_fixtures import tokenizer
+
+LEARN_TASKS = ["<CAPTION>", "<OD>", "<CAPTION_TO_PHRASE_GROUNDING>", "<OCR_WITH_REGION>",
+               "<REFERRING_EXPRESSION_SEGMENTATION>"]
+
+
+def _eight_examples():
+    """8 examples over 5 tasks; a task appears on two different images, so the model must look."""
+    chosen = []
+    for s, img in generate(60, seed=21):
+        if not s.words or any(o.category == "circle" for o in s.objects) or len(s.objects) > 2:
+            continue
+        exs = {e.task: e for e in build_examples(from_synthetic(s.to_dict()))}
+        for t in sorted(LEARN_TASKS, key=lambda t: sum(c[1].task == t for c in chosen)):
+            if (t in exs and sum(c[1].task == t for c in chosen) < 2 and len(chosen) < 8
+                    and sum(c[0] is img for c in chosen) < 2):
+                chosen.append((img, exs[t]))
+    assert {c[1].task for c in chosen} == set(LEARN_TASKS) and len(chosen) == 8
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    model, proc = modeling.create("tiny", tokenizer(), seed=0)
+    data = _eight_examples()
+    batch = proc.batch([img for img, _ in data], [build_prompt(e.task, e.text, e.region, img.size) for img, e in data],
+                       [e.target for _, e in data])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(600):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    model.eval()
+    return model, proc, data
+
+
+def test_tiny_model_learns_eight_examples(trained):
+    model, proc, data = trained
+    out = Predictor(model, proc, max_new_tokens=160).predict([Request(img, e.task, e.text, e.region) for img, e in data])
+    exact = sum(o["text"] == e.target for o, (_, e) in zip(out, data))
+    assert exact >= 7, [(o["text"], e.target) for o, (_, e) in zip(out, data)]
+
+
+def _mixed_requests(data):
+    scenes = [(s, img) for s, img in generate(6, seed=5)]
+    reqs = [Request(img, e.task, e.text, e.region) for img, e in data]
+    s, img = scenes[0]
+    reqs += [Request(img, "<MORE_DETAILED_CAPTION>"), Request(scenes[1][1], "<REGION_PROPOSAL>"),
+             Request(img, "<REGION_TO_CATEGORY>", region=tuple(s.objects[0].bbox)),
+             Request(scenes[2][1], "<OPEN_VOCABULARY_DETECTION>", text="a very long query about a purple star on the left"),
+             Request(scenes[3][1], "<OCR>")]
+    return reqs
+
+
+def test_batched_equals_one_by_one(trained):
+    model, proc, data = trained
+    reqs = _mixed_requests(data)
+    pred = Predictor(model, proc, max_new_tokens=160, batch_size=len(reqs))
+    batched, single = pred.predict(reqs), one_by_one(pred, reqs)
+    assert len({len(build_prompt(r.task, r.text, r.region, (100, 100))) for r in reqs}) > 5   # prompt lengths differ
+    assert [b["text"] for b in batched] == [s["text"] for s in single]
+    for b, s in zip(batched, single):
+        if isinstance(b["answer"], dict):
+            assert {k: v for k, v in b["answer"].items() if "scores" not in k} == \
+                   {k: v for k, v in s["answer"].items() if "scores" not in k}
+            for k in (k for k in b["answer"] if "scores" in k):
+                assert np.allclose(b["answer"][k], s["answer"][k], atol=1e-4)
+                assert all(0.0 <= v <= 1.0 for v in b["answer"][k])
+        else:
+            assert b["answer"] == s["answer"]
+
+
+def test_scores_are_high_on_learned_boxes(trained):
+    model, proc, data = trained
+    img, ex = next((i, e) for i, e in data if e.task == "<OD>")
+    ans = Predictor(model, proc, max_new_tokens=160).predict([Request(img, "<OD>")])[0]["answer"]
+    assert ans["bboxes"] and len(ans["scores"]) == len(ans["bboxes"]) and min(ans["scores"]) > 0.5
+
+
+def test_beam_search_runs_and_parses(trained):
+    model, proc, data = trained
+    img, ex = next((i, e) for i, e in data if e.task == "<OD>")
+    out = Predictor(model, proc, max_new_tokens=160, num_beams=3).predict([Request(img, "<OD>")])[0]
+    assert out["text"] == ex.target and len(out["answer"]["scores"]) == len(out["answer"]["bboxes"])
+
+
+@pytest.mark.parametrize("request_, message", [
+    (Request(Image.new("RGB", (8, 8)), "<DETECT>"), r"request 1 \(<DETECT>\): unknown task"),
+    (Request(Image.new("RGB", (8, 8)), "<OD>", region=(0, 0, 4, 4)), r"request 1 \(<OD>\): task <OD> takes no input"),
+    (Request(Image.new("RGB", (8, 8)), "<CAPTION_TO_PHRASE_GROUNDING>"), r"needs a text input"),
+    (Request(b"GIF89a but not really", "<CAPTION>"), r"request 1 \(<CAPTION>\): not an image"),
+])
+def test_wrong_inputs_fail_before_running(trained, request_, message):
+    model, proc, _ = trained
+    ok = Request(Image.new("RGB", (8, 8)), "<CAPTION>")
+    with pytest.raises(PredictionInputError, match=message):
+        Predictor(model, proc).predict([ok, request_])
+
+
+def test_save_and_load_round_trip(trained, tmp_path):
+    model, proc, data = trained
+    modeling.save(model, proc, tmp_path / "m")
+    pred2 = Predictor.from_pretrained(tmp_path / "m", max_new_tokens=160)
+    reqs = [Request(img, e.task, e.text, e.region) for img, e in data[:3]]
+    assert [o["text"] for o in pred2.predict(reqs)] == \
+           [o["text"] for o in Predictor(model, proc, max_new_tokens=160).predict(reqs)]
+
+
+def test_preprocessing_matches_reference_image_processor(tmp_path):
+    from transformers import AutoProcessor
+
+    _, proc = modeling.create("tiny", tokenizer())
+    proc.save_pretrained(tmp_path)
+    hf = AutoProcessor.from_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in ((50, 80), (300, 200), (128, 128))]
+    imgs.append(Image.fromarray(rng.integers(0, 255, (40, 60), dtype=np.uint8)))   # greyscale -> RGB
+    ours = proc.preprocess(imgs)
+    ref = hf.image_processor(imgs, return_tensors="np")["pixel_values"]
+    assert ours.shape == ref.shape and np.allclose(ours, ref, atol=1e-5)
+    # and the whole encoder input equals the reference processor's for the same task
+    enc = hf(images=imgs[:1], text=["<OD>"], return_tensors="np")
+    assert enc["input_ids"].tolist() == proc.encode_prompts([build_prompt("<OD>")])["input_ids"].tolist()
+
+
+def _official_layout_checkpoint(path):
+    """A random-weight checkpoint written the way transformers' conversion script writes one:
+    BART-style tokenizer files + added location/image tokens, Florence2Processor with a 768 px
+    CLIP image processor (577 image tokens), and Florence2ForConditionalGeneration with its
+    vocabulary padded to a multiple of 64.  Dimensions are shrunk so the test stays fast."""
+    from tokenizers import AddedToken
+    from transformers import BartTokenizer, CLIPImageProcessorPil, Florence2ForConditionalGeneration
+    from transformers import Florence2Processor as HFProcessor
+
+    from florence2.locations import LOC_TOKENS
+    from florence2.parsing import POST_PROCESSOR_CONFIG
+
+    ours = tokenizer()
+    vocab_dir = path / "bpe"
+    vocab_dir.mkdir(parents=True)
+    ours.backend_tokenizer.model.save(str(vocab_dir))
+    tok = BartTokenizer(vocab_file=str(vocab_dir / "vocab.json"), merges_file=str(vocab_dir / "merges.txt"))
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in LOC_TOKENS + ("<poly>", "</poly>", "<sep>")])
+    tok.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
+    # transformers 5 takes named extra special tokens at construction; round-trip through save to set it
+    tok.save_pretrained(str(vocab_dir / "tok"))
+    tok = BartTokenizer.from_pretrained(str(vocab_dir / "tok"), extra_special_tokens={"image_token": "<image>"})
+    assert tok.image_token == "<image>"
+    ip = CLIPImageProcessorPil(do_resize=True, size={"height": 768, "width": 768}, resample=3, do_center_crop=False,
+                               do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                               image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    ip.image_seq_length = 577
+    HFProcessor(image_processor=ip, tokenizer=tok, post_processor_config=POST_PROCESSOR_CONFIG).save_pretrained(str(path))
+    cfg = modeling.make_config("tiny", len(tok), tok.image_token_id, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    cfg.text_config.max_position_embeddings = 1024   # 577 image tokens + prompt, as the official models
+    model = Florence2ForConditionalGeneration(cfg)
+    model.resize_token_embeddings(len(tok), 64)
+    model.save_pretrained(str(path))
+    return tok
+
+
+def test_loads_a_converted_official_layout_checkpoint(tmp_path):
+    tok = _official_layout_checkpoint(tmp_path / "official")
+    cfg = json.loads((tmp_path / "official" / "config.json").read_text())
+    assert cfg["model_type"] == "florence2" and cfg["text_config"]["vocab_size"] % 64 == 0
+    model, proc = modeling.load(tmp_path / "official")
+    assert isinstance(proc, Florence2Processor)
+    assert (proc.image_size, proc.num_image_tokens) == (768, 577)
+    assert proc.tokenizer.image_token_id == tok.image_token_id
+    buf = io.BytesIO()
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(buf, "JPEG")
+    out = Predictor(model, proc, max_new_tokens=8).predict([Request(buf.getvalue(), "<OD>"),
+                                                            Request(buf.getvalue(), "<CAPTION>")])
+    assert [o["task"] for o in out] == ["<OD>", "<CAPTION>"] and out[0]["image_size"] == [640, 480]
