@@ -17,6 +17,7 @@ test: setup
 
 bench: setup
 	$(VENV_PY) bench/ingest_throughput.py
+	$(VENV_PY) bench/predictor_throughput.py --device cpu
 
 clean:
 	rm -rf fld_home

@@ -31,13 +31,14 @@ class PredictionInputError(ValueError):
 
 class Predictor:
     def __init__(self, model, processor: Florence2Processor, device: str | None = None, num_beams: int = 1,
-                 max_new_tokens: int = 256, batch_size: int = 8):
+                 max_new_tokens: int = 256, batch_size: int = 8, min_new_tokens: int = 0):
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.num_beams, self.max_new_tokens, self.batch_size = num_beams, max_new_tokens, batch_size
+        self.min_new_tokens = min_new_tokens  # benchmarks force equal work per image
         tok = processor.tokenizer
         self._skip = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
         self._loc_ids = {tok.convert_tokens_to_ids(f"<loc_{i}>") for i in range(1000)}
@@ -82,7 +83,7 @@ class Predictor:
             g = self.model.generate(
                 pixel_values=pixels, input_ids=torch.from_numpy(enc["input_ids"]).to(self.device),
                 attention_mask=torch.from_numpy(enc["attention_mask"]).to(self.device),
-                max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False,
+                max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens or None, num_beams=self.num_beams, do_sample=False,
                 output_scores=True, return_dict_in_generate=True, early_stopping=self.num_beams > 1)
             lp = self.model.compute_transition_scores(
                 g.sequences, g.scores, getattr(g, "beam_indices", None), normalize_logits=self.num_beams == 1)
