@@ -94,13 +94,14 @@ class Predictor:
         tok = self.processor.tokenizer
         results = []
         for r, ids, lps, size in zip(requests, seqs, logprobs, sizes):
-            keep, loc_lp = [], []
+            keep, loc_lp, all_lp = [], [], []
             for t, lp in zip(ids.tolist(), lps.tolist()):
                 if t == tok.eos_token_id:
                     break
                 if t in self._skip:
                     continue
                 keep.append(t)
+                all_lp.append(lp)
                 if t in self._loc_ids:
                     loc_lp.append(lp)
             text = tok.decode(keep, skip_special_tokens=False)
@@ -116,7 +117,9 @@ class Predictor:
                     vals = [loc_lp[k] for k in ks if k is not None and k < len(loc_lp)]
                     scores.append(float(math.exp(sum(vals) / len(vals))) if vals else 0.0)
             results.append({"task": r.task, "text": text, "answer": format_answer(task.parse_type, parsed, scores),
-                            "image_size": list(size)})
+                            "image_size": list(size),
+                            # the whole answer's confidence: geometric mean of its tokens' probabilities
+                            "score": float(math.exp(sum(all_lp) / len(all_lp))) if all_lp else 0.0})
         return results
 
 

@@ -29,7 +29,7 @@ from lakehouse.images import ImageRejected, inspect_image
 from lakehouse.sources import ADAPTERS
 from lakehouse.sources.base import local_path
 from lakehouse.spark import on_databricks
-from lakehouse.tables import MANIFEST, TableRoot, ensure_tables, read
+from lakehouse.tables import MANIFEST, TableRoot, ensure_tables, merge_insert, read
 
 QUERY_NAME = "ingest"
 MAX_FETCH_BYTES = 64 << 20
@@ -178,14 +178,6 @@ def empty_files(spark, settings: Settings, root: TableRoot, batch_id: int, kinds
     return df.withColumn("_qid", key).join(seen, F.col("_qid") == seen.quarantine_id, "left_anti").drop("_qid")
 
 
-def _merge_insert(spark, root: TableRoot, name: str, df: DataFrame, keys: list[str]) -> None:
-    from delta.tables import DeltaTable
-
-    target = DeltaTable.forName(spark, root.ident(name)) if root.is_catalog else DeltaTable.forPath(spark, root.path(name))
-    cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    target.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
-
-
 def _pixel_bbox():
     lab = F.col("lab")
     scaled = F.array(lab.bbox[0] * F.col("width"), lab.bbox[1] * F.col("height"),
@@ -205,7 +197,7 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
                   .select("image_id", "content", "width", "height", "format", "source_kind", "source_name",
                           "original_id", "uri", now.alias("ingest_time"), F.lit(query).alias("ingest_query"),
                           F.lit(batch_id).cast("long").alias("ingest_batch")))
-        _merge_insert(spark, root, "bronze_images", images, ["image_id"])
+        merge_insert(spark, root, "bronze_images", images, ["image_id"])
 
         labels = (ok.select("image_id", "source_kind", "source_name", "original_id", "width", "height",
                             F.posexplode("labels").alias("pos", "lab"))
@@ -215,14 +207,14 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
                           F.col("lab.text").alias("text"), _pixel_bbox().alias("bbox"),
                           F.col("lab.polygons").alias("polygons"), F.col("lab.quad").alias("quad"),
                           now.alias("ingest_time")))
-        _merge_insert(spark, root, "bronze_labels", labels, ["label_id"])
+        merge_insert(spark, root, "bronze_labels", labels, ["label_id"])
 
         bad = (df.filter(F.col("reason").isNotNull())
                .select(_quarantine_id().alias("quarantine_id"),
                        "source_kind", "source_name", "original_id", "uri", "reason", "detail", "size_bytes",
                        now.alias("ingest_time"), F.lit(query).alias("ingest_query"),
                        F.lit(batch_id).cast("long").alias("ingest_batch")))
-        _merge_insert(spark, root, "quarantine", bad, ["quarantine_id"])
+        merge_insert(spark, root, "quarantine", bad, ["quarantine_id"])
 
         # "new" is read back from bronze by batch tag, so a replayed batch counts the same.
         new = {r["source_kind"]: r["n"] for r in read(spark, root, "bronze_images")
@@ -243,7 +235,7 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
         log_df = spark.createDataFrame(rows, "ingest_query string, batch_id long, source_kind string, inputs long, "
                                              "new_images long, duplicates long, quarantined long, labels long")
         log_df = log_df.withColumn("logged_at", now).select(*TABLES["ingest_log"].schema.fieldNames())
-        _merge_insert(spark, root, "ingest_log", log_df, ["ingest_query", "batch_id", "source_kind"])
+        merge_insert(spark, root, "ingest_log", log_df, ["ingest_query", "batch_id", "source_kind"])
         summary = {k: sum(r[i] for r in rows) for i, k in ((3, "inputs"), (4, "new"), (5, "duplicates"), (6, "quarantined"))}
         if log:
             log(f"[ingest] batch {batch_id}: {summary['inputs']} inputs -> {summary['new']} new, "

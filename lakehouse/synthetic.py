@@ -24,6 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from lakehouse.geometry import iou, overlaps
+
 CATEGORIES = ("circle", "square", "triangle", "star", "hexagon", "pentagon", "diamond", "cross")
 PLURALS = {c: c + "es" if c.endswith("s") else c + "s" for c in CATEGORIES}
 COLORS = {
@@ -111,18 +113,6 @@ def _position_name(cx: float, cy: float, w: int, h: int) -> str:
     return f"{row} {col}".strip()
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
-
-
-def _overlaps(a, b) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
-
-
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -146,7 +136,7 @@ def make_scene(rng: random.Random, scene_id: str) -> tuple[Scene, Image.Image]:
             poly = _shape_polygon(cat, cx, cy, r, rng.uniform(-0.3, 0.3))
             xs, ys = [p[0] for p in poly], [p[1] for p in poly]
             bbox = [min(xs), min(ys), max(xs), max(ys)]
-            if all(_iou(bbox, o.bbox) < 0.3 for o in objects):
+            if all(iou(bbox, o.bbox) < 0.3 for o in objects):
                 break
         else:
             continue
@@ -166,7 +156,7 @@ def make_scene(rng: random.Random, scene_id: str) -> tuple[Scene, Image.Image]:
         for _ in range(30):
             px, py = rng.uniform(4, w - tw - 4), rng.uniform(4, h - th - 4)
             box = [px, py, px + tw, py + th]
-            if not any(_overlaps(box, o.bbox) for o in objects) and not any(_overlaps(box, x.bbox) for x in words):
+            if not any(overlaps(box, o.bbox) for o in objects) and not any(overlaps(box, x.bbox) for x in words):
                 break
         else:
             continue
@@ -268,7 +258,7 @@ def describe(scene: Scene) -> None:
         w = _where(o.position)
         m.add(f" {w[0].upper()}{w[1:]} there is ")
         m.add(_obj_phrase(o), [o.id])
-        covered = [p for p in objs if p.id > o.id and _overlaps(p.bbox, o.bbox)]
+        covered = [p for p in objs if p.id > o.id and overlaps(p.bbox, o.bbox)]
         if covered:
             m.add(", partly hidden behind ")
             m.add(_obj_phrase(covered[0]).replace(f"{_article(covered[0].size)} ", "the ", 1), [covered[0].id])

@@ -25,6 +25,10 @@ QUARANTINE_REASONS = (
 )
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 LABEL_KINDS = ("class", "box", "polygon", "caption", "word")
+# What specialists and human labels become in silver: captions at three granularities,
+# regions (box + label + description + optional polygons), OCR words, image-level classes.
+CAPTION_KINDS = ("caption_brief", "caption_detailed", "caption_more_detailed")
+ANNOTATION_KINDS = CAPTION_KINDS + ("region", "word", "class")
 
 # One human label carried by a source: a class, a box (+ polygons), a caption, an OCR word.
 LABEL = T.StructType([
@@ -50,6 +54,21 @@ MANIFEST = T.StructType([
     # Set by an adapter when a record cannot be read; a quarantine reason and its detail.
     T.StructField("error_reason", T.StringType(), True),
     T.StructField("error_detail", T.StringType(), True),
+])
+
+
+REGION = T.StructType([
+    T.StructField("bbox", T.ArrayType(T.DoubleType())), T.StructField("label", T.StringType()),
+    T.StructField("description", T.StringType()), T.StructField("polygons", T.ArrayType(T.ArrayType(T.DoubleType()))),
+    T.StructField("confidence", T.DoubleType()), T.StructField("annotator", T.StringType()),
+])
+WORD = T.StructType([
+    T.StructField("text", T.StringType()), T.StructField("quad", T.ArrayType(T.DoubleType())),
+    T.StructField("confidence", T.DoubleType()), T.StructField("annotator", T.StringType()),
+])
+GROUNDING = T.StructType([
+    T.StructField("phrase", T.StringType()), T.StructField("start", T.IntegerType()),
+    T.StructField("boxes", T.ArrayType(T.ArrayType(T.DoubleType()))),
 ])
 
 
@@ -131,26 +150,69 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
         T.StructType([
             _f("annotation_id", S, False), _f("image_id", S, False), _f("round", I, False), _f("kind", S, False),
             _f("annotator", S, False), _f("annotator_version", S), _f("confidence", D), _f("text", S),
-            _f("bbox", T.ArrayType(D)), _f("polygons", T.ArrayType(T.ArrayType(D))), _f("quad", T.ArrayType(D)),
-            _f("created_at", TS),
+            _f("description", S), _f("bbox", T.ArrayType(D)), _f("polygons", T.ArrayType(T.ArrayType(D))),
+            _f("quad", T.ArrayType(D)), _f("created_at", TS),
         ]),
         partition_by=("round",),
-        constraints={"confidence_in_unit": "confidence IS NULL OR (confidence >= 0 AND confidence <= 1)"},
-        description="Specialist and human annotations per round, with provenance (placeholder).",
+        constraints={
+            "confidence_in_unit": "confidence IS NULL OR (confidence >= 0 AND confidence <= 1)",
+            "known_kind": _in("kind", ANNOTATION_KINDS),
+            "bbox_is_box": "bbox IS NULL OR size(bbox) = 4",
+        },
+        description="Every annotation of a round that survived the filters, with provenance "
+                    "(annotator, version, round, confidence, time).",
     ),
     TableDef(
         "gold_fld",
-        T.StructType([_f("image_id", S, False), _f("round", I, False), _f("annotations_json", S)]),
+        T.StructType([
+            _f("image_id", S, False), _f("round", I, False),
+            # text family
+            _f("caption_brief", S), _f("caption_detailed", S), _f("caption_more_detailed", S),
+            # region-text family (boxes with a label and a description; polygons when known)
+            _f("regions", T.ArrayType(REGION)), _f("words", T.ArrayType(WORD)),
+            # text-phrase-region family: phrases of the brief caption grounded to regions
+            _f("grounding", T.ArrayType(GROUNDING)),
+            _f("classes", T.ArrayType(S)), _f("n_regions", I, False), _f("content_hash", S, False),
+            _f("published_at", TS),
+        ]),
         partition_by=("round",),
-        description="FLD: per image and round, text / region-text / phrase-region families (placeholder).",
+        constraints={"regions_counted": "n_regions = size(regions)"},
+        description="FLD: per image and published round, the three annotation families.",
+    ),
+    TableDef(
+        "filter_log",
+        T.StructType([
+            _f("round", I, False), _f("step", S, False), _f("kind", S, False), _f("annotator", S, False),
+            _f("reason", S, False), _f("removed", L, False), _f("logged_at", TS),
+        ]),
+        description="What each filter step removed per round, kind, annotator and reason.",
+    ),
+    TableDef(
+        "rounds",
+        T.StructType([
+            _f("round", I, False), _f("attempt_at", TS, False), _f("published", T.BooleanType(), False),
+            _f("gate_success", T.BooleanType(), False), _f("silver_version", L), _f("gold_version", L),
+            _f("bronze_version", L), _f("model", S), _f("specialists", S), _f("stats_json", S), _f("gate_json", S),
+        ]),
+        description="Every refinement-round attempt: table versions, gate result, statistics, model used. "
+                    "The latest published round is the highest round with published = true.",
+    ),
+    TableDef(
+        "fld_statistics",
+        T.StructType([_f("round", I, False)] + [_f(c, D) for c in (
+            "images", "text_annotations", "region_text_annotations", "phrase_region_triplets", "ocr_words",
+            "regions_per_image", "words_caption_brief", "words_caption_detailed", "words_caption_more_detailed")]
+            + [_f("annotations_by_annotator", S)]),
+        description="The paper's dataset table per published round (written by jobs.statistics).",
     ),
     TableDef(
         "quality_results",
         T.StructType([
-            _f("run_id", S, False), _f("table_name", S, False), _f("table_version", L), _f("round", I),
-            _f("success", T.BooleanType(), False), _f("result_json", S), _f("validated_at", TS),
+            _f("run_id", S, False), _f("round", I, False), _f("suite", S, False), _f("success", T.BooleanType(), False),
+            _f("evaluated", I), _f("failed", I), _f("failed_expectations", S), _f("result_json", S),
+            _f("docs_path", S), _f("validated_at", TS),
         ]),
-        description="Great Expectations results per table and round (placeholder).",
+        description="Great Expectations results per suite and round (the gate's evidence).",
     ),
 ]}
 
@@ -209,3 +271,15 @@ def read(spark, root: TableRoot, name: str, version: int | None = None):
 
 def current_version(spark, root: TableRoot, name: str) -> int:
     return spark.sql(f"DESCRIBE HISTORY {root.ident(name)} LIMIT 1").collect()[0]["version"]
+
+
+def delta_table(spark, root: TableRoot, name: str):
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forName(spark, root.ident(name)) if root.is_catalog else DeltaTable.forPath(spark, root.path(name))
+
+
+def merge_insert(spark, root: TableRoot, name: str, df, keys: list[str]) -> None:
+    """Insert the rows of ``df`` whose keys are not in the table yet (idempotent append)."""
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    delta_table(spark, root, name).alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()

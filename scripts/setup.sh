@@ -47,6 +47,8 @@ if [ ! -f "$VENV/.complete" ]; then
       $PIP install -q --no-cache-dir --no-build-isolation "horovod[pytorch]==$HOROVOD_VERSION" >&2
   "$VENV/bin/horovodrun" --check-build >&2
   touch "$VENV/.complete"
+  # keep the two newest environments (several GB each)
+  ls -dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | xargs -r rm -rf
 fi
 
 # The project itself, editable, into whichever venv is current (cheap; the clone path may differ).

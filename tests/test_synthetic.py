@@ -1,7 +1,7 @@
 import json
 import re
 
-from lakehouse import synthetic
+from lakehouse.geometry import overlaps
 from lakehouse.synthetic import CATEGORIES, generate, write_world
 
 
@@ -23,7 +23,7 @@ def test_ground_truth_is_complete_and_consistent():
     scenes = [s for s, _ in generate(150, seed=0)]
     assert {o.category for s in scenes for o in s.objects} == set(CATEGORIES)
     assert sum(len(s.words) for s in scenes) > 50
-    assert any(synthetic._overlaps(a.bbox, b.bbox) for s in scenes for a in s.objects for b in s.objects if a.id < b.id)
+    assert any(overlaps(a.bbox, b.bbox) for s in scenes for a in s.objects for b in s.objects if a.id < b.id)
     for s in scenes:
         for o in s.objects:
             xs, ys = o.polygon[0::2], o.polygon[1::2]

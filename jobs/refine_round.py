@@ -1,0 +1,42 @@
+"""One refinement round: annotate -> filter -> merge -> quality gate -> publish.
+
+Exits non-zero with a readable summary when the gate fails; the published data is then untouched.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from jobs.common import base_parser, settings_from
+from lakehouse.reporting import print_table
+from lakehouse.rounds import GateFailed, RoundConfig, run_round
+from lakehouse.spark import get_spark
+
+
+def main(argv=None) -> dict:
+    p = base_parser(__doc__)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--model", help="round > 1: Florence-2 model directory or MLflow URI (models:/name@alias)")
+    p.add_argument("--specialists", help='JSON list, e.g. [{"type": "tesseract"}, {"type": "contours"}]')
+    p.add_argument("--image-limit", type=int, default=None)
+    args = p.parse_args(argv)
+    s = settings_from(args)
+    cfg = RoundConfig(round=args.round, model=args.model, image_limit=args.image_limit)
+    if args.specialists:
+        cfg.specialists = json.loads(args.specialists)
+    elif args.round > 1:
+        cfg.specialists = []
+    spark = get_spark(s, f"fld-round-{args.round}")
+    try:
+        res = run_round(spark, s, cfg)
+    except GateFailed as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(1)
+    st = {k: v for k, v in res["stats"].items() if k != "annotations_by_annotator"}
+    print_table(("statistic", f"round {args.round}"), sorted(st.items()))
+    print(f"published round {args.round} as gold_fld version {res['gold_version']}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

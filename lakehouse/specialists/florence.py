@@ -1,0 +1,68 @@
+"""The model specialist: any Florence-2 checkpoint directory or MLflow model annotates images.
+
+This is how round N+1 uses round N's model.  ``model`` is a local directory in the
+Hugging Face layout, or an MLflow URI (``models:/name@alias``, ``runs:/id/path``)
+whose artifacts hold such a directory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lakehouse.specialists.base import Specialist
+
+TASK_KINDS = {
+    "<CAPTION>": "caption_brief", "<DETAILED_CAPTION>": "caption_detailed",
+    "<MORE_DETAILED_CAPTION>": "caption_more_detailed", "<OD>": "region", "<OCR_WITH_REGION>": "word",
+}
+
+
+def resolve_model_dir(model: str) -> Path:
+    if "://" in model or model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(model))
+        found = [p.parent for p in local.rglob("config.json") if (p.parent / "model.safetensors").exists()]
+        if not found:
+            raise FileNotFoundError(f"no Florence-2 model directory inside MLflow artifacts of {model}")
+        return found[0]
+    path = Path(model)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{model} is not a Florence-2 model directory (no config.json)")
+    return path
+
+
+class Florence2Specialist(Specialist):
+    name = "florence2"
+    kinds = tuple(sorted(set(TASK_KINDS.values())))
+
+    def __init__(self, model: str, tasks=tuple(TASK_KINDS), max_new_tokens: int = 256, version: str | None = None,
+                 name: str | None = None):
+        self.model_uri, self.tasks, self.max_new_tokens = str(model), tuple(tasks), max_new_tokens
+        self.version = version or Path(str(model)).name
+        if name:
+            self.name = name
+
+    def load(self):
+        from florence2.predictor import Predictor
+
+        return Predictor.from_pretrained(resolve_model_dir(self.model_uri), max_new_tokens=self.max_new_tokens,
+                                         device="cpu")
+
+    def annotate(self, image, image_id):
+        from florence2.predictor import Request
+
+        out = []
+        for res in self.model().predict([Request(image, t) for t in self.tasks]):
+            kind, ans = TASK_KINDS[res["task"]], res["answer"]
+            if kind.startswith("caption"):
+                if ans:
+                    out.append({"kind": kind, "text": ans, "confidence": res["score"]})
+            elif kind == "region":
+                out += [{"kind": "region", "text": lab, "description": lab, "bbox": b, "confidence": sc}
+                        for b, lab, sc in zip(ans["bboxes"], ans["labels"], ans["scores"]) if lab]
+            else:
+                for q, lab, sc in zip(ans["quad_boxes"], ans["labels"], ans["scores"]):
+                    xs, ys = q[0::2], q[1::2]
+                    out.append({"kind": "word", "text": lab, "quad": [float(v) for v in q],
+                                "bbox": [min(xs), min(ys), max(xs), max(ys)], "confidence": sc})
+        return out

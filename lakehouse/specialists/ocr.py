@@ -1,0 +1,98 @@
+"""OCR specialists that run offline: Tesseract (Debian's tesseract-ocr) and RapidOCR (ONNX models in its wheel).
+Both give words with quads (clockwise from top-left) and confidences in [0, 1]."""
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+
+import numpy as np
+
+from lakehouse.specialists.base import Specialist
+
+
+def box_quad(x0, y0, x1, y1) -> list[float]:
+    return [float(v) for v in (x0, y0, x1, y0, x1, y1, x0, y1)]
+
+
+class TesseractOCR(Specialist):
+    name = "tesseract"
+    kinds = ("word",)
+
+    def __init__(self, psm: int = 11, min_confidence: float = 0.0, lang: str = "eng"):
+        self.psm, self.min_confidence, self.lang = psm, min_confidence, lang
+
+    @property
+    def version(self) -> str:  # the engine's own version is the specialist's version
+        try:
+            return subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
+        except (OSError, IndexError):
+            return "missing"
+
+    def load(self):
+        if self.version == "missing":
+            raise RuntimeError("tesseract is not installed (Debian package tesseract-ocr; scripts/setup.sh installs it)")
+        return True
+
+    def annotate(self, image, image_id):
+        self.model()
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        out = subprocess.run(["tesseract", "stdin", "stdout", "--psm", str(self.psm), "-l", self.lang, "tsv"],
+                             input=buf.getvalue(), capture_output=True, check=True).stdout.decode("utf-8", "replace")
+        words = []
+        for r in csv.DictReader(io.StringIO(out), delimiter="\t", quoting=csv.QUOTE_NONE):
+            text = (r.get("text") or "").strip()
+            if r.get("level") != "5" or not text:
+                continue
+            conf = float(r["conf"]) / 100.0
+            if conf < self.min_confidence:
+                continue
+            x, y, w, h = (int(r[k]) for k in ("left", "top", "width", "height"))
+            words.append({"kind": "word", "text": text, "quad": box_quad(x, y, x + w, y + h),
+                          "bbox": [x, y, x + w, y + h], "confidence": max(conf, 0.0)})
+        return words
+
+
+def split_line(quad, text: str, conf: float) -> list[dict]:
+    """A detected text line -> its words, each with the share of the line quad its characters take."""
+    tokens = text.split()
+    if not tokens:
+        return []
+    (ax, ay), (bx, by), (cx, cy), (dx, dy) = np.asarray(quad, dtype=float).reshape(4, 2)
+    total = len(text)
+    out, pos = [], 0
+    for t in tokens:
+        start = text.index(t, pos)
+        pos = start + len(t)
+        f0, f1 = start / total, pos / total
+        top0, top1 = (ax + (bx - ax) * f0, ay + (by - ay) * f0), (ax + (bx - ax) * f1, ay + (by - ay) * f1)
+        bot0, bot1 = (dx + (cx - dx) * f0, dy + (cy - dy) * f0), (dx + (cx - dx) * f1, dy + (cy - dy) * f1)
+        q = [*top0, *top1, *bot1, *bot0]
+        xs, ys = q[0::2], q[1::2]
+        out.append({"kind": "word", "text": t, "quad": [float(v) for v in q],
+                    "bbox": [min(xs), min(ys), max(xs), max(ys)], "confidence": float(conf)})
+    return out
+
+
+class RapidOCRSpecialist(Specialist):
+    name = "rapidocr"
+    kinds = ("word",)
+
+    @property
+    def version(self) -> str:
+        import importlib.metadata
+
+        return importlib.metadata.version("rapidocr-onnxruntime")
+
+    def load(self):
+        from rapidocr_onnxruntime import RapidOCR
+
+        return RapidOCR()
+
+    def annotate(self, image, image_id):
+        result, _ = self.model()(np.asarray(image.convert("RGB"))[:, :, ::-1])
+        words = []
+        for quad, text, score in result or []:
+            words += split_line(quad, text, score)
+        return words

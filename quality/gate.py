@@ -1,0 +1,165 @@
+"""Great Expectations suites for the round's tables, run as one checkpoint per round.
+
+Suites are defined once here.  They validate views that expose what the checks
+need (box corners and image size next to each annotation; word counts per caption
+granularity; a caption key), not copies of the tables.  Results go to the
+``quality_results`` Delta table and to Great Expectations data docs (HTML) under
+``$FLD_HOME/gx``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from lakehouse.tables import ANNOTATION_KINDS, CAPTION_KINDS, TABLES, TableRoot, merge_insert
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    # words per caption granularity (the paper: brief ~8 tokens, detailed ~32, more detailed ~71)
+    caption_words: dict = field(default_factory=lambda: {"caption_brief": (2, 40), "caption_detailed": (5, 120),
+                                                         "caption_more_detailed": (10, 250)})
+    max_regions_per_image: int = 40
+    min_mean_regions_per_image: float = 0.5
+
+
+def annotations_view(silver: DataFrame, images: DataFrame) -> DataFrame:
+    """Silver annotations of one round with image size, box corners, word counts and a caption key."""
+    words = F.size(F.split(F.trim(F.col("text")), r"\s+"))
+    v = silver.join(images.select("image_id", "width", "height"), "image_id", "left")
+    cols = [F.col("bbox")[i].alias(n) for i, n in enumerate(("x0", "y0", "x1", "y1"))]
+    cols += [F.when(F.col("kind") == k, words).alias(f"words_{k}") for k in CAPTION_KINDS]
+    cols.append(F.when(F.col("kind").isin(*CAPTION_KINDS), F.concat_ws("|", "image_id", "kind", "annotator"))
+                .alias("caption_key"))
+    return v.select("annotation_id", "image_id", "round", "kind", "annotator", "confidence", "width", "height", *cols)
+
+
+def gold_view(gold: DataFrame) -> DataFrame:
+    return gold.select("image_id", "round", "n_regions", "caption_brief",
+                       F.concat_ws("|", "image_id", F.col("round").cast("string")).alias("image_round"))
+
+
+def suites(cfg: GateConfig) -> dict[str, list]:
+    import great_expectations.expectations as gxe
+
+    ann = [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("annotation_id", "image_id", "kind", "annotator")]
+    ann += [
+        gxe.ExpectColumnValuesToNotBeNull(column="width"),  # every annotated image exists in bronze
+        gxe.ExpectColumnValuesToBeUnique(column="annotation_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(ANNOTATION_KINDS)),
+        gxe.ExpectColumnValuesToBeBetween(column="confidence", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToBeBetween(column="x0", min_value=0.0),
+        gxe.ExpectColumnValuesToBeBetween(column="y0", min_value=0.0),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="x1", column_B="x0", or_equal=False,
+                                                    ignore_row_if="either_value_is_missing"),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="y1", column_B="y0", or_equal=False,
+                                                    ignore_row_if="either_value_is_missing"),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="width", column_B="x1", or_equal=True,
+                                                    ignore_row_if="either_value_is_missing"),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="height", column_B="y1", or_equal=True,
+                                                    ignore_row_if="either_value_is_missing"),
+        gxe.ExpectColumnValuesToBeUnique(column="caption_key"),
+    ]
+    ann += [gxe.ExpectColumnValuesToBeBetween(column=f"words_{k}", min_value=lo, max_value=hi)
+            for k, (lo, hi) in cfg.caption_words.items()]
+    gold = [
+        gxe.ExpectColumnValuesToNotBeNull(column="image_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="image_round"),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="n_regions", min_value=0, max_value=cfg.max_regions_per_image),
+        gxe.ExpectColumnMeanToBeBetween(column="n_regions", min_value=cfg.min_mean_regions_per_image),
+    ]
+    return {"annotations": ann, "gold": gold}
+
+
+@dataclass
+class GateResult:
+    success: bool
+    per_suite: dict
+    docs: str | None
+
+    def summary(self) -> str:
+        lines = [f"quality gate: {'PASSED' if self.success else 'FAILED'}"]
+        for name, r in self.per_suite.items():
+            lines.append(f"  {name}: {r['evaluated'] - len(r['failed'])}/{r['evaluated']} expectations met")
+            lines += [f"    FAILED {f}" for f in r["failed"]]
+        if self.docs:
+            lines.append(f"  data docs: {self.docs}")
+        return "\n".join(lines)
+
+
+def _context(home: Path):
+    import great_expectations as gx
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    ctx = gx.get_context(mode="file", project_root_dir=str(home))
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return ctx
+
+
+def run_gate(spark, root: TableRoot, home: Path, round_: int, views: dict[str, DataFrame],
+             cfg: GateConfig = GateConfig()) -> GateResult:
+    """Validate each view with its suite in one checkpoint; record results; build data docs."""
+    import great_expectations as gx
+
+    ctx = _context(Path(home))
+    try:
+        ds = ctx.data_sources.get("fld_spark")
+    except (KeyError, ValueError):
+        ds = ctx.data_sources.add_spark("fld_spark")
+    defs, batches = [], {}
+    for name, expectations in suites(cfg).items():
+        try:
+            asset = ds.get_asset(name)
+        except (LookupError, ValueError):
+            asset = ds.add_dataframe_asset(name)
+        try:
+            bd = asset.get_batch_definition("whole")
+        except (KeyError, ValueError):
+            bd = asset.add_batch_definition_whole_dataframe("whole")
+        suite = gx.ExpectationSuite(name=f"fld_{name}")
+        for e in expectations:
+            suite.add_expectation(e)
+        suite = ctx.suites.add_or_update(suite)
+        vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=f"fld_{name}", data=bd, suite=suite))
+        defs.append(vd)
+        batches[name] = views[name]
+    per_suite, docs = {}, None
+    # One validation definition per view; each needs its own dataframe, so each runs as a checkpoint of one.
+    for vd, (name, df) in zip(defs, batches.items()):
+        cp = ctx.checkpoints.add_or_update(gx.Checkpoint(
+            name=f"fld_round_{name}", validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")], result_format="SUMMARY"))
+        res = cp.run(batch_parameters={"dataframe": df}, run_id=None)
+        vr = next(iter(res.run_results.values()))
+        failed = [f"{r.expectation_config.type}({_kwargs(r.expectation_config.kwargs)})"
+                  for r in vr.results if not r.success]
+        per_suite[name] = {"success": bool(vr.success), "evaluated": len(vr.results), "failed": failed,
+                           "statistics": dict(vr.statistics)}
+    sites = ctx.get_docs_sites_urls()
+    if sites:
+        docs = sites[0].get("site_url")
+    result = GateResult(all(r["success"] for r in per_suite.values()), per_suite, docs)
+    _record(spark, root, round_, result)
+    return result
+
+
+def _kwargs(kw) -> str:
+    return ", ".join(f"{k}={v}" for k, v in kw.items() if k not in ("batch_id",))
+
+
+def _record(spark, root: TableRoot, round_: int, result: GateResult) -> None:
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    run_id = f"round-{round_}-{now:%Y%m%dT%H%M%S%f}"
+    rows = [(run_id, round_, name, r["success"], r["evaluated"], len(r["failed"]), json.dumps(r["failed"]),
+             json.dumps(r, default=str), result.docs, now) for name, r in result.per_suite.items()]
+    df = spark.createDataFrame(rows, TABLES["quality_results"].schema)
+    merge_insert(spark, root, "quality_results", df, ["run_id", "suite"])

@@ -1,0 +1,230 @@
+"""Data engine on real local Spark, Delta and Great Expectations: specialists, filters, rounds, gate."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse.filters import FilterConfig, apply_filters, nms_keep
+from lakehouse.fld import ground_phrases
+from lakehouse.ingest import run_ingest
+from lakehouse.rounds import GateFailed, RoundConfig, latest_published_round, run_round
+from lakehouse.specialists import from_config, run_specialists
+from lakehouse.synthetic import write_world
+from lakehouse.tables import TABLES, TableRoot, current_version, read
+from quality.annotation_metrics import score, word_f1
+
+NOW = dt.datetime(2026, 1, 1)
+
+
+def _ann(image_id="img", kind="region", text="circle", conf=0.9, bbox=(0, 0, 10, 10), annotator="spec", aid=None):
+    return {"annotation_id": aid or f"{image_id}-{kind}-{text}-{bbox}-{annotator}-{conf}", "image_id": image_id,
+            "round": 1, "kind": kind, "annotator": annotator, "annotator_version": "1", "confidence": conf,
+            "text": text, "description": text, "bbox": None if bbox is None else [float(v) for v in bbox],
+            "polygons": None, "quad": None, "created_at": NOW}
+
+
+def _filter(spark, rows, cfg=FilterConfig()):
+    df = spark.createDataFrame(rows, TABLES["silver_annotations"].schema)
+    kept, removed = apply_filters(df, cfg)
+    counts: dict = {}
+    for r in removed.collect():
+        counts[(r.step, r.reason)] = counts.get((r.step, r.reason), 0) + r.removed
+    return {r.annotation_id for r in kept.collect()}, counts
+
+
+def test_text_filter_keeps_good_and_drops_bad(spark):
+    good = _ann(kind="caption_brief", text="A red circle on a white background.", bbox=None, aid="good")
+    short = _ann(kind="caption_brief", text="red", bbox=None, aid="short")
+    junk = _ann(kind="caption_detailed", text="### 1234 5678 !!!! 99 00 11 22 33 44 55 66 77 88", bbox=None, aid="junk")
+    banned = _ann(text="the image", aid="banned")
+    label = _ann(text="circle", aid="label")
+    kept, removed = _filter(spark, [good, short, junk, banned, label])
+    assert kept == {"good", "label"}
+    assert removed == {("text", "caption_too_short"): 1, ("text", "caption_mostly_non_alpha"): 1,
+                       ("text", "blacklisted_phrase"): 1}
+
+
+def test_confidence_threshold(spark):
+    rows = [_ann(conf=0.31, aid="keep", bbox=(0, 0, 5, 5)), _ann(conf=0.29, aid="drop", bbox=(20, 20, 30, 30)),
+            _ann(kind="word", text="STOP", conf=0.6, aid="word", bbox=(40, 40, 50, 50))]
+    kept, removed = _filter(spark, rows)
+    assert kept == {"keep", "word"} and removed == {("confidence", "below_confidence"): 1}
+
+
+def test_class_aware_nms(spark):
+    rows = [_ann(conf=1.0, aid="human", annotator="human:coco"), _ann(conf=0.5, aid="dup", bbox=(1, 1, 10, 10)),
+            _ann(text="square", conf=0.5, aid="other-class", bbox=(1, 1, 10, 10)),
+            _ann(conf=0.9, aid="far", bbox=(50, 50, 60, 60))]
+    kept, removed = _filter(spark, rows)
+    assert kept == {"human", "other-class", "far"} and removed == {("nms", "nms_duplicate"): 1}
+    assert nms_keep([[0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 4]], [0.5, 0.9, 0.1], 0.5) == [False, True, True]
+
+
+def test_too_many_objects_drops_the_image(spark):
+    crowded = [_ann(image_id="crowd", conf=0.9, bbox=(i * 20, 0, i * 20 + 10, 10), aid=f"c{i}") for i in range(5)]
+    crowded.append(_ann(image_id="crowd", kind="caption_brief", text="Many circles in a row on a mat.", bbox=None, aid="cap"))
+    calm = [_ann(image_id="calm", aid="calm")]
+    kept, removed = _filter(spark, crowded + calm, FilterConfig(max_regions_per_image=4))
+    assert kept == {"calm"} and removed == {("too_many_objects", "too_many_objects"): 6}
+
+
+@pytest.fixture(scope="module")
+def engine(spark, tmp_path_factory):
+    from lakehouse.config import load_settings
+
+    s = load_settings(home=tmp_path_factory.mktemp("engine") / "fld_home")
+    write_world(s.landing, s.synthetic_dir, n_images=20, seed=7)
+    run_ingest(spark, s, log=None)
+    res = run_round(spark, s, RoundConfig(round=1), log=lambda *a: None)
+    return s, TableRoot(s.tables_root), res
+
+
+def test_round_one_publishes_three_families(spark, engine):
+    s, root, res = engine
+    assert res["published"] and latest_published_round(spark, root) == 1
+    gold = read(spark, root, "gold_fld").filter("round = 1")
+    assert gold.count() == read(spark, root, "bronze_images").count() == 20
+    st = res["stats"]
+    assert st["text_annotations"] > 0 and st["region_text_annotations"] > 0 and st["phrase_region_triplets"] > 0
+    hist = spark.sql(f"DESCRIBE HISTORY {root.ident('gold_fld')} LIMIT 1").collect()[0]
+    assert json.loads(hist.userMetadata) == {"fld_round": 1, "stage": "publish"}
+    truth = {json.loads(x)["image_id"]: json.loads(x) for x in open(s.synthetic_dir / "ground_truth.jsonl")}
+    m = score([r.asDict(recursive=True) for r in gold.collect()], truth)
+    assert m["boxes"]["f1"] > 0.7 and m["words"]["recall"] > 0.7, m
+
+
+def test_provenance_on_every_row(spark, engine):
+    _, root, _ = engine
+    silver = read(spark, root, "silver_annotations").filter("round = 1")
+    missing = silver.filter(F.col("annotator").isNull() | F.col("annotator_version").isNull() | F.col("round").isNull()
+                            | F.col("confidence").isNull() | F.col("created_at").isNull()).count()
+    assert missing == 0 and silver.count() > 0
+    annotators = {r.annotator for r in silver.select("annotator").distinct().collect()}
+    assert {"contours", "rapidocr"} <= annotators and any(a.startswith("human:") for a in annotators)
+    assert read(spark, root, "filter_log").filter("round = 1").count() > 0
+
+
+def test_rerun_of_a_round_changes_nothing(spark, engine):
+    s, root, _ = engine
+    before = (current_version(spark, root, "gold_fld"),
+              sorted(r.content_hash for r in read(spark, root, "gold_fld").collect()),
+              read(spark, root, "silver_annotations").filter("round = 1").count())
+    run_round(spark, s, RoundConfig(round=1), log=lambda *a: None)
+    after = (current_version(spark, root, "gold_fld"),
+             sorted(r.content_hash for r in read(spark, root, "gold_fld").collect()),
+             read(spark, root, "silver_annotations").filter("round = 1").count())
+    assert after == before
+
+
+def test_failing_gate_keeps_previous_round(spark, engine):
+    s, root, _ = engine
+    gold_before = current_version(spark, root, "gold_fld")
+    # a user's own specialist, shipped to the Spark workers as a module
+    spark.sparkContext.addPyFile(str(__import__("pathlib").Path(__file__).with_name("broken_specialist.py")))
+    wide = FilterConfig(caption_tokens={"caption_brief": (1, 1000)})
+    cfg = RoundConfig(round=2, specialists=[{"type": "python", "class": "broken_specialist:BrokenCaptioner"}],
+                      filters=wide)
+    with pytest.raises(GateFailed) as e:
+        run_round(spark, s, cfg, log=lambda *a: None)
+    msg = str(e.value)
+    assert "round 2 not published" in msg and "latest published round stays 1" in msg
+    assert "caption_key" in msg and "words_caption_brief" in msg
+    assert latest_published_round(spark, root) == 1
+    assert current_version(spark, root, "gold_fld") == gold_before
+    assert read(spark, root, "gold_fld").filter("round = 2").count() == 0
+    attempt = read(spark, root, "rounds").filter("round = 2").collect()
+    assert len(attempt) == 1 and not attempt[0].published and not attempt[0].gate_success
+    q = read(spark, root, "quality_results").filter("round = 2 AND NOT success").collect()
+    assert q and all(r.docs_path and r.docs_path.endswith("index.html") for r in q)
+
+
+def test_statistics_report(spark, engine, tmp_path):
+    from lakehouse.statistics import write_report
+
+    _, root, res = engine
+    rep = write_report(spark, root, tmp_path)
+    row = read(spark, root, "fld_statistics").filter("round = 1").collect()[0]
+    assert row.images == 20 and row.region_text_annotations == res["stats"]["region_text_annotations"]
+    assert "| 1 | 20 |" in open(rep["markdown"]).read()
+    assert open(rep["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_florence_specialist_in_spark(spark, engine, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from florence2 import modeling
+    from florence_fixtures import tiny
+
+    model, proc = tiny()
+    modeling.save(model, proc, tmp_path / "m")
+    _, root, _ = engine
+    sp = from_config([{"type": "florence2", "model": str(tmp_path / "m"), "max_new_tokens": 12,
+                       "tasks": ["<OD>", "<CAPTION>"]}])
+    images = read(spark, root, "bronze_images").limit(2)
+    rows = run_specialists(images, sp, 2).collect()
+    assert all(r.annotator == "florence2" and r.round == 2 and r.annotator_version == "m" for r in rows)
+    assert all(0 <= (r.confidence or 0) <= 1 for r in rows)
+
+
+def test_hf_pipeline_adapter_with_a_model_the_test_creates(spark, engine, tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64, num_labels=3, id2label={0: "circle", 1: "square", 2: "star"},
+                    label2id={"circle": 0, "square": 1, "star": 2})
+    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    _, root, _ = engine
+    sp = from_config([{"type": "hf_pipeline", "path": str(tmp_path / "vit"), "task": "image-classification"}])
+    rows = run_specialists(read(spark, root, "bronze_images").limit(3), sp, 1).collect()
+    assert len(rows) == 3 and all(r.kind == "class" and r.text in ("circle", "square", "star") for r in rows)
+    assert all(r.annotator == "hf:vit" and 0 <= r.confidence <= 1 for r in rows)
+
+
+def test_unknown_specialist_type_is_refused():
+    with pytest.raises(ValueError, match="unknown specialist type 'yolo'"):
+        from_config([{"type": "yolo"}])
+
+
+def test_spacy_phrases_on_real_coco_captions(real_dev):
+    from lakehouse.filters import nlp
+
+    d = real_dev / "coco_train2017_det_caption" / "annotations"
+    caps = json.loads((d / "captions_train2017.json").read_text())["annotations"]
+    inst = json.loads((d / "instances_train2017.json").read_text())
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    regions: dict = {}
+    for a in inst["annotations"]:
+        x, y, w, h = a["bbox"]
+        regions.setdefault(a["image_id"], []).append({"bbox": [x, y, x + w, y + h], "label": cats[a["category_id"]],
+                                                      "description": cats[a["category_id"]]})
+    chunks = [[c.text for c in nlp()(a["caption"]).noun_chunks] for a in caps]
+    assert len(caps) == 100 and sum(bool(c) for c in chunks) >= 95
+    grounded = [g for a in caps for g in ground_phrases(a["caption"], regions.get(a["image_id"], []))]
+    assert len(grounded) >= 20
+    assert all(g["phrase"] in next(a["caption"] for a in caps if g["phrase"] in a["caption"]) for g in grounded)
+
+
+@pytest.mark.parametrize("dataset, engine_name, floor", [
+    ("icdar2015_train", "rapidocr", 0.12), ("funsd_train", "rapidocr", 0.25), ("funsd_train", "tesseract", 0.25),
+    ("icdar2015_train", "tesseract", 0.0),
+])
+def test_ocr_specialists_on_real_words(real_dev, dataset, engine_name, floor):
+    from PIL import Image
+
+    doc = json.loads((real_dev / dataset / "annotations.json").read_text())
+    sp = from_config([{"type": engine_name}])[0]
+    agg = [0, 0, 0]
+    for im in doc["images"][:6]:
+        img = Image.open(real_dev / dataset / "images" / im["file_name"]).convert("RGB")
+        truth = [w for w in im["words"] if not w.get("illegible") and w["text"] != "###"]
+        r = word_f1(sp.annotate(img, im["file_name"]), truth)
+        agg = [agg[0] + r["tp"], agg[1] + r["predicted"], agg[2] + r["true"]]
+    p, rc = agg[0] / max(agg[1], 1), agg[0] / max(agg[2], 1)
+    f1 = 2 * p * rc / (p + rc) if p + rc else 0.0
+    print(f"{dataset} {engine_name}: word P {p:.3f} R {rc:.3f} F1 {f1:.3f} on 6 images")
+    assert f1 >= floor
