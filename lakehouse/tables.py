@@ -198,6 +198,18 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
                     "The latest published round is the highest round with published = true.",
     ),
     TableDef(
+        "training_examples",
+        T.StructType([
+            _f("example_id", S, False), _f("image_id", S, False), _f("round", I, False), _f("split", S, False),
+            _f("task", S, False), _f("text_input", S), _f("region", T.ArrayType(D)), _f("prompt", S, False),
+            _f("target", S, False), _f("content", B, False), _f("width", I, False), _f("height", I, False),
+        ]),
+        partition_by=("split",),
+        constraints={"known_split": "split IN ('train', 'val')"},
+        description="(image, task, prompt, target) rows for training, from gold at a pinned round/version; "
+                    "image bytes inline so Petastorm readers decode them in their workers.",
+    ),
+    TableDef(
         "fld_statistics",
         T.StructType([_f("round", I, False)] + [_f(c, D) for c in (
             "images", "text_annotations", "region_text_annotations", "phrase_region_triplets", "ocr_words",

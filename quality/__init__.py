@@ -1,1 +1,1 @@
-"""Great Expectations suites and the round gate (see the data-engine issue)."""
+"""Quality: the Great Expectations round gate (``gate``) and annotation metrics against ground truth."""

@@ -1,0 +1,99 @@
+"""Training examples for the prompt tasks, built from FLD at a pinned round or Delta version.
+
+Each published FLD row becomes (image, task, prompt, target) examples for every
+task its annotations support (``florence2.targets``).  Task mixture weights scale
+how many examples of a task are kept (0 drops the task; 0.5 keeps about half, by a
+stable hash; 2 repeats each twice).  The train/validation split is keyed on the
+image hash, so an image and all its examples are on one side, whatever the round.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from florence2.targets import ImageAnnotations, Phrase, Region, Word, build_examples
+from lakehouse.tables import TABLES, TableRoot, current_version, read
+
+
+def gold_annotations(row: dict) -> ImageAnnotations:
+    """A published FLD row (with the image's width and height) as annotations."""
+    regions = [Region(list(r["bbox"]), r["label"], r["description"], r["polygons"]) for r in row.get("regions") or []]
+    words = [Word(w["text"], list(w["quad"])) for w in row.get("words") or []]
+    phrases = [Phrase(g["phrase"], g["start"], [list(b) for b in g["boxes"]]) for g in row.get("grounding") or []]
+    caps = {k: row.get(f"caption_{k}") for k in ("brief", "detailed", "more_detailed") if row.get(f"caption_{k}")}
+    return ImageAnnotations(int(row["width"]), int(row["height"]), caps, regions, words, row.get("caption_brief"), phrases)
+
+
+def split_of(image_id: str, val_fraction: float) -> str:
+    return "val" if int(image_id[:8], 16) % 10_000 < val_fraction * 10_000 else "train"
+
+
+def _keep(example_key: str, weight: float) -> int:
+    """How many copies of an example a mixture weight keeps (stable across runs)."""
+    whole, frac = int(weight), weight - int(weight)
+    u = int(hashlib.sha256(example_key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return whole + (1 if u < frac else 0)
+
+
+def _examples(mixture: dict, val_fraction: float, round_: int, batches):
+    import pandas as pd
+
+    from florence2.tasks import build_prompt
+
+    cols = TABLES["training_examples"].schema.fieldNames()
+    for pdf in batches:
+        rows = []
+        for row in pdf.to_dict("records"):
+            ann = gold_annotations(row)
+            for k, ex in enumerate(build_examples(ann, [t for t, w in mixture.items() if w > 0])):
+                key = f"{row['image_id']}|{ex.task}|{ex.text}|{ex.region}|{k}"
+                for copy in range(_keep(key, mixture[ex.task])):
+                    rows.append({
+                        "example_id": hashlib.sha256(f"{key}|{copy}".encode()).hexdigest(),
+                        "image_id": row["image_id"], "round": round_, "split": split_of(row["image_id"], val_fraction),
+                        "task": ex.task, "text_input": ex.text,
+                        "region": None if ex.region is None else [float(v) for v in ex.region],
+                        "prompt": build_prompt(ex.task, ex.text, ex.region, ann.size), "target": ex.target,
+                        "content": row["content"], "width": int(row["width"]), "height": int(row["height"]),
+                    })
+        yield pd.DataFrame(rows, columns=cols)
+
+
+def default_mixture() -> dict:
+    from florence2.tasks import TASKS
+
+    return {t: 1.0 for t in TASKS}
+
+
+def build_training_examples(spark, root: TableRoot, round_: int | None = None, gold_version: int | None = None,
+                            mixture: dict | None = None, val_fraction: float = 0.1) -> DataFrame:
+    """Examples from gold at ``gold_version`` (default: current) for ``round_`` (default: latest published)."""
+    from lakehouse.rounds import latest_published_round
+
+    mixture = {**default_mixture(), **(mixture or {})}
+    unknown = set(mixture) - set(default_mixture())
+    if unknown:
+        raise ValueError(f"unknown tasks in mixture: {sorted(unknown)}")
+    round_ = round_ if round_ is not None else latest_published_round(spark, root)
+    if round_ is None:
+        raise ValueError("no published round yet; run jobs.refine_round first")
+    gold = read(spark, root, "gold_fld", version=gold_version).filter(F.col("round") == round_)
+    images = read(spark, root, "bronze_images").select("image_id", "content", "width", "height")
+    src = gold.join(images, "image_id")
+    return src.mapInPandas(functools.partial(_examples, mixture, val_fraction, round_),
+                           TABLES["training_examples"].schema)
+
+
+def write_training_examples(spark, root: TableRoot, df: DataFrame, meta: dict) -> int:
+    """Overwrite the examples table in one commit whose metadata names the source; returns its version."""
+    spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", json.dumps(meta))
+    try:
+        w = df.write.format("delta").mode("overwrite")
+        w.saveAsTable(root.ident("training_examples")) if root.is_catalog else w.save(root.path("training_examples"))
+    finally:
+        spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+    return current_version(spark, root, "training_examples")
