@@ -52,8 +52,9 @@ if [ ! -f "$VENV/.complete" ]; then
 fi
 
 # The project itself, editable, into whichever venv is current (cheap; the clone path may differ).
-if ! "$VENV/bin/python" -c "import florence2, lakehouse, quality, jobs" 2>/dev/null \
-   || [ "$("$VENV/bin/python" -c 'import lakehouse,os;print(os.path.dirname(os.path.dirname(lakehouse.__file__)))')" != "$ROOT" ]; then
+# (checked from / so the current directory on sys.path does not hide a missing install)
+if ! (cd / && "$VENV/bin/python" -c "import florence2, lakehouse, quality, jobs") 2>/dev/null \
+   || [ "$(cd / && "$VENV/bin/python" -c 'import lakehouse,os;print(os.path.dirname(os.path.dirname(lakehouse.__file__)))')" != "$ROOT" ]; then
   log "installing the project (editable)"
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
 fi

@@ -1,0 +1,319 @@
+"""The training recipe: an explicit loop, a YAML config, command-line overrides.
+
+    python -m florence2.recipe --config configs/train_tiny.yaml --data run/data.json step.max_steps=200
+    horovodrun -np 2 --gloo python -m florence2.recipe --config ... --data run/data.json
+
+``--data`` is written by ``jobs.train`` (the Spark side): the exact parquet files
+of one Delta version of ``training_examples``, their row count, and the
+tokenizer directory.  Without Horovod in the environment (no ``horovodrun``) the
+recipe runs as one process.  Each step: read a batch (Petastorm, or the files in
+a fixed global order), forward, per-example mean cross-entropy, backward,
+(accumulate), all-reduce gradients, clip, AdamW, LR schedule.  Rank 0 writes
+checkpoints every ``checkpoint_every`` steps and the run resumes from the
+newest one after a crash.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+
+@dataclasses.dataclass
+class Config:
+    model_size: str = "tiny"
+    init_from: str | None = None          # a model directory to fine-tune instead of a fresh model
+    batch_size: int = 8                   # per rank, per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    schedule: str = "cosine"              # cosine | linear | constant
+    max_steps: int = 200
+    epochs: int = 1000                    # upper bound; max_steps usually ends the run
+    checkpoint_every: int = 50
+    output_dir: str = "fld_home/runs/train"
+    seed: int = 0
+    source: str = "petastorm"             # petastorm (sharded, decoded in reader workers) | files (fixed order)
+    reader_pool: str = "process"
+    reader_workers: int = 2
+    bf16: str = "auto"                    # auto: bf16 autocast on CUDA only
+    log_every: int = 10
+    mlflow_run_id: str | None = None      # rank 0 logs step metrics into this run
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    """YAML file, then ``key=value`` overrides (values parsed as YAML)."""
+    values = yaml.safe_load(open(path)) if path else {}
+    values = dict(values or {})
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for ov in overrides:
+        if "=" not in ov:
+            raise SystemExit(f"override {ov!r} is not key=value")
+        k, v = ov.split("=", 1)
+        values[k.strip()] = yaml.safe_load(v)
+    unknown = set(values) - fields
+    if unknown:
+        raise SystemExit(f"unknown config keys: {sorted(unknown)}; known: {sorted(fields)}")
+    return Config(**values)
+
+
+class Dist:
+    """Horovod when launched by horovodrun / horovod.spark, else a single process."""
+
+    def __init__(self, use_horovod: bool | None = None):
+        if use_horovod is None:
+            use_horovod = any(k in os.environ for k in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "HOROVOD_HOSTNAME"))
+        self.hvd = None
+        if use_horovod:
+            import horovod.torch as hvd
+
+            hvd.init()
+            self.hvd = hvd
+        self.rank = self.hvd.rank() if self.hvd else 0
+        self.size = self.hvd.size() if self.hvd else 1
+
+    def allreduce_min(self, value: int) -> int:
+        if not self.hvd:
+            return value
+        import torch
+
+        return int(self.hvd.allreduce(torch.tensor(value), op=self.hvd.Min, name="min").item())
+
+    def allreduce_sum(self, value: int, name: str) -> int:
+        if not self.hvd:
+            return value
+        import torch
+
+        return int(self.hvd.allreduce(torch.tensor(value), op=self.hvd.Sum, name=name).item())
+
+
+def lr_factor(step: int, cfg: Config) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return max(0.0, 1 - frac) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def example_loss(logits, labels):
+    """Mean over examples of each example's mean token loss, so that averaging the
+    ranks' losses equals one process over the union of their batches."""
+    import torch.nn.functional as F
+
+    tok = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    mask = (labels != -100).float()
+    return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
+    """Fixed global order: global batch k is rows [k*B*size, (k+1)*B*size); rank r takes its slice."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rows = []
+    for f in data["files"]:
+        rows += pq.read_table(f.replace("file:", "", 1) if f.startswith("file:") else f,
+                              columns=["example_id", "prompt", "target", "content"]).to_pylist()
+    rows.sort(key=lambda r: r["example_id"])
+    global_b = cfg.batch_size * dist.size
+    for k in range(len(rows) // global_b):
+        part = rows[k * global_b + dist.rank * cfg.batch_size: k * global_b + (dist.rank + 1) * cfg.batch_size]
+        pixels = proc.preprocess([Image.open(io.BytesIO(r["content"])) for r in part])
+        yield pixels, [r["prompt"] for r in part], [r["target"] for r in part]
+    yield ("rows", len(rows) if dist.rank == 0 else 0)
+
+
+def _batches_petastorm(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
+    import numpy as np
+
+    from lakehouse.reader import DeltaSlice, iterate_rows, make_reader
+
+    sl = DeltaSlice(tuple(data["files"]), data["rows"], data["version"], data["split"])
+    buf, n = [], 0
+    with make_reader(sl, proc.image_size, proc.image_mean, proc.image_std, dist.rank, dist.size,
+                     pool=cfg.reader_pool, workers=cfg.reader_workers, seed=cfg.seed + epoch) as reader:
+        for row in iterate_rows(reader):
+            n += 1
+            buf.append(row)
+            if len(buf) == cfg.batch_size:
+                yield np.stack([r["pixel_values"] for r in buf]), [r["prompt"] for r in buf], [r["target"] for r in buf]
+                buf = []
+    yield ("rows", n)
+
+
+def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
+    import torch
+
+    from florence2 import modeling
+    from florence2.tokenization import load_tokenizer
+    from lakehouse.reader import check_count
+
+    dist = dist or Dist()
+    torch.manual_seed(cfg.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and dist.hvd:
+        torch.cuda.set_device(dist.hvd.local_rank())
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "checkpoints"
+    tok = load_tokenizer(data["tokenizer"])
+    if cfg.init_from:
+        model, proc = modeling.load(cfg.init_from)
+    else:
+        model, proc = modeling.create(cfg.model_size, tok, seed=cfg.seed)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    step, epoch = 0, 0
+    latest = _latest_checkpoint(ckpt_dir)
+    if latest is not None:  # resume: every rank loads the same files
+        state = torch.load(latest / "state.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, epoch = state["step"], state["epoch"]
+        torch.set_rng_state(state["rng"])
+        if dist.rank == 0:
+            log(f"[train] resumed from {latest} at step {step}")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg), last_epoch=step - 1) if step else \
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    if dist.hvd:
+        dist.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        dist.hvd.broadcast_optimizer_state(opt, root_rank=0)
+        opt = dist.hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
+                                            backward_passes_per_step=cfg.grad_accum, op=dist.hvd.Average)
+    use_bf16 = device == "cuda" and cfg.bf16 in ("auto", True, "true")
+    mlflow_run = _mlflow(cfg) if dist.rank == 0 else None
+    batches_fn = _batches_petastorm if cfg.source == "petastorm" else _batches_files
+    t0, seen, history = time.time(), 0, []
+    while step < cfg.max_steps and epoch < cfg.epochs:
+        it = batches_fn(data, cfg, dist, epoch, proc)
+        rows_read, micro, training = None, 0, True
+        for item in it:
+            is_end = item[0] == "rows"
+            if is_end:
+                rows_read = item[1]
+            if training:
+                # every rank must take the same number of steps, or the others hang in allreduce:
+                # all ranks vote each step, and the first rank out of data ends the epoch for all
+                training = dist.allreduce_min(0 if is_end or step >= cfg.max_steps else 1) == 1
+            if is_end:
+                break
+            if not training and step >= cfg.max_steps:
+                rows_read = -1  # stopped by max_steps mid-epoch: no full read to check
+                break
+            if not training:
+                continue  # keep reading only to count this rank's rows
+            pixels, prompts, targets = item
+            inputs = proc.batch([], prompts, targets) | {"pixel_values": torch.as_tensor(pixels)}
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            labels = inputs.pop("labels")
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(**inputs, labels=labels).logits
+            loss = example_loss(logits, labels) / cfg.grad_accum
+            loss.backward()
+            micro += 1
+            seen += len(prompts) * dist.size
+            if micro % cfg.grad_accum:
+                continue
+            if dist.hvd:
+                opt.synchronize()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            with opt.skip_synchronize() if dist.hvd else _null():
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            step += 1
+            value = float(loss) * cfg.grad_accum
+            history.append(value)
+            if dist.rank == 0 and (step % cfg.log_every == 0 or step == 1):
+                rate = seen / (time.time() - t0)
+                log(f"[train] step {step}/{cfg.max_steps} epoch {epoch} loss {value:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                    f"{rate:.1f} examples/s")
+                if mlflow_run:
+                    import mlflow
+
+                    mlflow.log_metrics({"loss": value, "lr": sched.get_last_lr()[0], "examples_per_s": rate}, step=step)
+            if dist.rank == 0 and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                _save_checkpoint(ckpt_dir, model, opt, step, epoch)
+        if rows_read is None:
+            raise RuntimeError("reader ended without a row count")
+        partial = dist.allreduce_min(0 if rows_read < 0 else 1) == 0
+        total = dist.allreduce_sum(max(rows_read, 0), name=f"rows_{epoch}_{step}")
+        if dist.rank == 0 and not partial:
+            check_count(total, data["rows"], f"epoch {epoch}")
+        epoch += 1
+    result = {"steps": step, "epochs": epoch, "final_loss": history[-1] if history else None,
+              "examples_per_s": seen / max(time.time() - t0, 1e-9), "seconds": time.time() - t0}
+    if dist.rank == 0:
+        final = out / "model"
+        modeling.save(model, proc, final)
+        _save_checkpoint(ckpt_dir, model, opt, step, epoch)
+        (out / "result.json").write_text(json.dumps(result))
+        log(f"[train] done: {result}")
+        if mlflow_run and os.environ.get("FLD_RECIPE_OWNS_RUN") == "1":
+            import mlflow
+
+            mlflow.end_run()
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _mlflow(cfg: Config):
+    if not cfg.mlflow_run_id:
+        return None
+    import mlflow
+
+    active = mlflow.active_run()
+    if active and active.info.run_id == cfg.mlflow_run_id:
+        return active  # in-process launch: the job owns the run
+    return mlflow.start_run(run_id=cfg.mlflow_run_id)
+
+
+def _latest_checkpoint(ckpt_dir: Path):
+    cands = sorted((p for p in ckpt_dir.glob("step-*") if (p / "state.pt").exists()),
+                   key=lambda p: int(p.name.split("-")[1]))
+    return cands[-1] if cands else None
+
+
+def _save_checkpoint(ckpt_dir: Path, model, opt, step: int, epoch: int) -> None:
+    import torch
+
+    dest = ckpt_dir / f"step-{step:07d}"
+    tmp = ckpt_dir / f".tmp-step-{step:07d}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    inner = getattr(opt, "_opt", opt)
+    torch.save({"model": model.state_dict(), "optimizer": inner.state_dict(), "step": step, "epoch": epoch,
+                "rng": torch.get_rng_state()}, tmp / "state.pt")
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    tmp.rename(dest)  # atomic: a kill mid-write leaves no half checkpoint
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--data", required=True, help="data.json written by jobs.train")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the YAML config")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    return train(cfg, json.loads(Path(args.data).read_text()))
+
+
+if __name__ == "__main__":
+    main()
