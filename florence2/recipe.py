@@ -196,7 +196,7 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
         it = batches_fn(data, cfg, dist, epoch, proc)
         rows_read, micro, training = None, 0, True
         for item in it:
-            is_end = item[0] == "rows"
+            is_end = isinstance(item[0], str)
             if is_end:
                 rows_read = item[1]
             if training:
@@ -227,10 +227,10 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             with opt.skip_synchronize() if dist.hvd else _null():
                 opt.step()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()  # Horovod's optimizer takes no set_to_none
             sched.step()
             step += 1
-            value = float(loss) * cfg.grad_accum
+            value = loss.item() * cfg.grad_accum
             history.append(value)
             if dist.rank == 0 and (step % cfg.log_every == 0 or step == 1):
                 rate = seen / (time.time() - t0)

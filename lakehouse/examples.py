@@ -19,11 +19,19 @@ from florence2.targets import ImageAnnotations, Phrase, Region, Word, build_exam
 from lakehouse.tables import TABLES, TableRoot, current_version, read
 
 
+def _seq(x) -> list:
+    """Arrow arrays arrive as numpy arrays in pandas UDFs and as lists elsewhere."""
+    return [] if x is None else list(x)
+
+
 def gold_annotations(row: dict) -> ImageAnnotations:
     """A published FLD row (with the image's width and height) as annotations."""
-    regions = [Region(list(r["bbox"]), r["label"], r["description"], r["polygons"]) for r in row.get("regions") or []]
-    words = [Word(w["text"], list(w["quad"])) for w in row.get("words") or []]
-    phrases = [Phrase(g["phrase"], g["start"], [list(b) for b in g["boxes"]]) for g in row.get("grounding") or []]
+    regions = [Region([float(v) for v in r["bbox"]], r["label"], r["description"],
+                      None if r["polygons"] is None else [[float(v) for v in p] for p in r["polygons"]])
+               for r in _seq(row.get("regions"))]
+    words = [Word(w["text"], [float(v) for v in w["quad"]]) for w in _seq(row.get("words"))]
+    phrases = [Phrase(g["phrase"], int(g["start"]), [[float(v) for v in b] for b in g["boxes"]])
+               for g in _seq(row.get("grounding"))]
     caps = {k: row.get(f"caption_{k}") for k in ("brief", "detailed", "more_detailed") if row.get(f"caption_{k}")}
     return ImageAnnotations(int(row["width"]), int(row["height"]), caps, regions, words, row.get("caption_brief"), phrases)
 

@@ -60,12 +60,17 @@ def decode_transform(image_size: int, mean, std, pdf):
 
 def make_reader(sl: DeltaSlice, image_size: int, mean, std, cur_shard: int | None = None,
                 shard_count: int | None = None, pool: str = "process", workers: int = 2, seed: int = 0):
+    import warnings
+
     from petastorm import TransformSpec, make_batch_reader
+
+    # petastorm 0.13 uses pyarrow's legacy dataset API, which warns on every piece
+    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*pyarrow.*")
 
     spec = TransformSpec(functools.partial(decode_transform, image_size, tuple(mean), tuple(std)),
                          edit_fields=[("pixel_values", np.float32, (3, image_size, image_size), False)],
-                         removed_fields=["content"],
-                         selected_fields=[f for f in FIELDS if f != "content"] + ["pixel_values"])
+                         removed_fields=["content"])
     return make_batch_reader(list(sl.files), schema_fields=list(FIELDS), reader_pool_type=pool,
                              workers_count=workers, num_epochs=1, cur_shard=cur_shard, shard_count=shard_count,
                              shuffle_row_groups=True, seed=seed, transform_spec=spec)
