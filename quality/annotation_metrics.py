@@ -7,18 +7,7 @@ recall and F1 per annotation kind.  A prediction matches at most one truth item.
 """
 from __future__ import annotations
 
-from lakehouse.geometry import iou
-
-
-def _match(preds, truths, ok) -> int:
-    used, tp = set(), 0
-    for p in preds:
-        best = max(((i, iou(p[0], t[0])) for i, t in enumerate(truths) if i not in used and ok(p, t)),
-                   key=lambda x: x[1], default=(None, 0.0))
-        if best[0] is not None and best[1] >= 0.5:
-            used.add(best[0])
-            tp += 1
-    return tp
+from florence2.evaluation import match_one_to_one, word_f1  # noqa: F401  (one definition of matching)
 
 
 def _head(phrase: str) -> str:
@@ -36,18 +25,18 @@ def score(gold_rows: list[dict], truth: dict[str, dict]) -> dict:
         objs = [(o["bbox"], o["category"]) for o in t["objects"]]
         regs = [(r["bbox"], (r["label"] or "").lower()) for r in g["regions"] or []]
         for k, ok in (("regions", lambda p, q: p[1] == q[1]), ("boxes", lambda p, q: True)):
-            acc[k][0] += _match(regs, objs, ok)
+            acc[k][0] += match_one_to_one(regs, objs, ok)
             acc[k][1] += len(regs)
             acc[k][2] += len(objs)
         words = [(_qbox(w["quad"]), w["text"].lower()) for w in g["words"] or []]
         twords = [(w["bbox"], w["text"].lower()) for w in t["words"]]
-        acc["words"][0] += _match(words, twords, lambda p, q: p[1] == q[1])
+        acc["words"][0] += match_one_to_one(words, twords, lambda p, q: p[1] == q[1])
         acc["words"][1] += len(words)
         acc["words"][2] += len(twords)
         gp = [(b, _head(x["phrase"])) for x in g["grounding"] or [] for b in x["boxes"]]
         tp_ = [(t["objects"][i]["bbox"], _head(x["phrase"])) for x in t["grounding"] if x["level"] == "brief"
                for i in x["object_ids"]]
-        acc["grounding"][0] += _match(gp, tp_, lambda p, q: p[1] == q[1])
+        acc["grounding"][0] += match_one_to_one(gp, tp_, lambda p, q: p[1] == q[1])
         acc["grounding"][1] += len(gp)
         acc["grounding"][2] += len(tp_)
     out = {}
@@ -62,14 +51,3 @@ def score(gold_rows: list[dict], truth: dict[str, dict]) -> dict:
 def _qbox(q):
     xs, ys = q[0::2], q[1::2]
     return [min(xs), min(ys), max(xs), max(ys)]
-
-
-def word_f1(pred: list[dict], truth: list[dict]) -> dict:
-    """Word-level precision/recall/F1: same text (case-insensitive) and box IoU >= 0.5.
-    ``pred`` items have ``text`` and ``bbox``; ``truth`` items ``text`` and ``box`` or ``bbox``."""
-    p = [(w["bbox"], w["text"].lower()) for w in pred]
-    t = [(w.get("bbox") or w["box"], w["text"].lower()) for w in truth]
-    tp = _match(p, t, lambda a, b: a[1] == b[1])
-    prec, rec = (tp / len(p) if p else 0.0), (tp / len(t) if t else 0.0)
-    return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
-            "tp": tp, "predicted": len(p), "true": len(t)}

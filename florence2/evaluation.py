@@ -1,0 +1,130 @@
+"""Evaluation protocols, using the reference tools where they exist.
+
+- captions: CIDEr (pycocoevalcap, with its PTB tokenizer, which needs Java);
+- detection: COCO mAP@[.5:.95] and AP50 (pycocotools).  Florence-2 emits no scores;
+  ours come from the predictor (geometric mean of a box's location-token probabilities);
+- phrase grounding: Recall@1 at IoU >= 0.5 (the first box predicted for a phrase);
+- referring expressions: accuracy at IoU >= 0.5;
+- referring segmentation: mean IoU of polygon masks (shapely);
+- OCR: word precision / recall / F1 (same text and IoU >= 0.5) and character error rate.
+"""
+from __future__ import annotations
+
+from lakehouse.geometry import iou
+
+
+def cider(candidates: dict, references: dict) -> float:
+    """CIDEr-D as pycocoevalcap computes it; ``candidates`` id -> str, ``references`` id -> [str]."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+    res = tok.tokenize({k: [{"caption": candidates[k]}] for k in references})
+    score, _ = Cider().compute_score(gts, res)
+    return float(score)
+
+
+def coco_map(gt: list[dict], pred: list[dict]) -> dict:
+    """``gt``: {image_id, bbox [x0,y0,x1,y1], label}; ``pred``: the same plus ``score``.  Returns mAP and AP50."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    labels = sorted({g["label"] for g in gt} | {p["label"] for p in pred})
+    cat = {lab: i + 1 for i, lab in enumerate(labels)}
+    imgs = sorted({g["image_id"] for g in gt} | {p["image_id"] for p in pred})
+    img = {iid: i + 1 for i, iid in enumerate(imgs)}
+
+    def xywh(b):
+        return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+
+    ds = {"images": [{"id": img[i]} for i in imgs], "categories": [{"id": c} for c in cat.values()],
+          "annotations": [{"id": k + 1, "image_id": img[g["image_id"]], "category_id": cat[g["label"]],
+                           "bbox": xywh(g["bbox"]), "area": (g["bbox"][2] - g["bbox"][0]) * (g["bbox"][3] - g["bbox"][1]),
+                           "iscrowd": 0} for k, g in enumerate(gt)]}
+    if not pred:
+        return {"mAP": 0.0, "AP50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO()
+        cg.dataset = ds
+        cg.createIndex()
+        cd = cg.loadRes([{"image_id": img[p["image_id"]], "category_id": cat[p["label"]], "bbox": xywh(p["bbox"]),
+                          "score": float(p["score"])} for p in pred])
+        ev = COCOeval(cg, cd, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"mAP": max(0.0, float(ev.stats[0])), "AP50": max(0.0, float(ev.stats[1]))}
+
+
+def grounding_recall_at_1(items: list[tuple[list, list]]) -> float:
+    """``items``: (predicted boxes for a phrase, best first; ground-truth boxes of that phrase)."""
+    hits = sum(1 for pred, gt in items if pred and any(iou(pred[0], g) >= 0.5 for g in gt))
+    return hits / len(items) if items else 0.0
+
+
+def rec_accuracy(items: list[tuple[list | None, list]]) -> float:
+    """``items``: (predicted box or None, ground-truth box)."""
+    hits = sum(1 for pred, gt in items if pred is not None and iou(pred, gt) >= 0.5)
+    return hits / len(items) if items else 0.0
+
+
+def _shape(polygons):
+    from shapely.geometry import Polygon
+    from shapely.ops import unary_union
+
+    parts = [Polygon(list(zip(p[0::2], p[1::2]))).buffer(0) for p in polygons if len(p) >= 6]
+    return unary_union(parts) if parts else None
+
+
+def mask_iou(pred_polygons, gt_polygons) -> float:
+    a, b = _shape(pred_polygons), _shape(gt_polygons)
+    if a is None or b is None:
+        return 0.0
+    union = a.union(b).area
+    return a.intersection(b).area / union if union else 0.0
+
+
+def res_miou(items: list[tuple[list, list]]) -> float:
+    """Mean IoU over expressions; ``items``: (predicted polygons, ground-truth polygons)."""
+    return sum(mask_iou(p, g) for p, g in items) / len(items) if items else 0.0
+
+
+def match_one_to_one(preds, truths, ok) -> int:
+    used, tp = set(), 0
+    for p in preds:
+        best = max(((i, iou(p[0], t[0])) for i, t in enumerate(truths) if i not in used and ok(p, t)),
+                   key=lambda x: x[1], default=(None, 0.0))
+        if best[0] is not None and best[1] >= 0.5:
+            used.add(best[0])
+            tp += 1
+    return tp
+
+
+def word_f1(pred: list[dict], truth: list[dict]) -> dict:
+    """Word-level precision/recall/F1: same text (case-insensitive) and box IoU >= 0.5.
+    Items have ``text`` and ``bbox`` (truth may use ``box``)."""
+    p = [(w["bbox"], w["text"].lower()) for w in pred]
+    t = [(w.get("bbox") or w["box"], w["text"].lower()) for w in truth]
+    tp = match_one_to_one(p, t, lambda a, b: a[1] == b[1])
+    prec, rec = (tp / len(p) if p else 0.0), (tp / len(t) if t else 0.0)
+    return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+            "tp": tp, "predicted": len(p), "true": len(t)}
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def cer(pred: str, truth: str) -> float:
+    """Character error rate: edits to turn ``pred`` into ``truth`` over ``len(truth)``."""
+    return edit_distance(pred, truth) / max(1, len(truth))
