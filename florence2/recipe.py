@@ -35,6 +35,7 @@ class Config:
     warmup_steps: int = 20
     schedule: str = "cosine"              # cosine | linear | constant
     max_steps: int = 200
+    max_minutes: float | None = None      # stop (all ranks together) after this much training time
     epochs: int = 1000                    # upper bound; max_steps usually ends the run
     checkpoint_every: int = 50
     output_dir: str = "fld_home/runs/train"
@@ -192,7 +193,8 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
     mlflow_run = _mlflow(cfg) if dist.rank == 0 else None
     batches_fn = _batches_petastorm if cfg.source == "petastorm" else _batches_files
     t0, seen, history = time.time(), 0, []
-    while step < cfg.max_steps and epoch < cfg.epochs:
+    while step < cfg.max_steps and epoch < cfg.epochs and not (
+            cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes):
         it = batches_fn(data, cfg, dist, epoch, proc)
         rows_read, micro, training = None, 0, True
         for item in it:
@@ -202,11 +204,12 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
             if training:
                 # every rank must take the same number of steps, or the others hang in allreduce:
                 # all ranks vote each step, and the first rank out of data ends the epoch for all
-                training = dist.allreduce_min(0 if is_end or step >= cfg.max_steps else 1) == 1
+                out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+                training = dist.allreduce_min(0 if is_end or step >= cfg.max_steps or out_of_time else 1) == 1
             if is_end:
                 break
-            if not training and step >= cfg.max_steps:
-                rows_read = -1  # stopped by max_steps mid-epoch: no full read to check
+            if not training and (step >= cfg.max_steps or out_of_time):
+                rows_read = -1  # stopped by max_steps/max_minutes mid-epoch: no full read to check
                 break
             if not training:
                 continue  # keep reading only to count this rank's rows

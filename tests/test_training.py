@@ -166,3 +166,25 @@ def test_horovod_spark_run_from_the_job(pinned):
     out = train_job.main([f"--home={s.home}", f"--examples-version={v}", "--run-name=spark", "--launcher=spark",
                           "--np=2", "--register=", "max_steps=2", "batch_size=2", "reader_pool=dummy"])
     assert out["result"]["steps"] == 2 and Path(out["model_dir"], "model.safetensors").exists()
+
+
+def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned):
+    import mlflow
+
+    from jobs import evaluate
+    from lakehouse.tracking import configure_mlflow
+
+    s, root, v, _, _ = pinned
+    configure_mlflow(s)
+    client = mlflow.MlflowClient()
+    cand = client.get_model_version_by_alias("florence2", "candidate")
+    res = evaluate.main([f"--home={s.home}", f"--examples-version={v}", "--promote", "--limit=20"])
+    val = res["val"]
+    assert {"cider", "od_mAP", "ocr_cer"} <= set(val["model"]) and set(val["model"]) == set(val["baseline"])
+    assert res["promoted"] and client.get_model_version_by_alias("florence2", "champion").version == cand.version
+    run = mlflow.get_run(res["run_id"])
+    assert "val.od_mAP" in run.data.metrics and "val.baseline.cider" in run.data.metrics
+    # a champion with a better recorded score keeps the alias
+    client.set_model_version_tag("florence2", cand.version, "fld.eval_score", "999")
+    assert evaluate.promote("florence2", "models:/florence2@candidate", 0.5) is False
+    assert client.get_model_version_by_alias("florence2", "champion").version == cand.version

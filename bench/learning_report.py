@@ -1,0 +1,57 @@
+"""Learning report: train the tiny model on the synthetic world for a fixed CPU budget,
+then evaluate it on the validation split next to trivial baselines (the most frequent
+caption; a whole-image box / polygon; no OCR).
+
+    .venv/bin/python bench/learning_report.py --images 200 --minutes 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs import evaluate, generate, ingest, refine_round, train  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--home", default=None)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "learning_report"))
+    args = p.parse_args()
+    home = args.home or tempfile.mkdtemp(prefix="fld-learn-")
+    common = [f"--home={home}"]
+    t0 = time.time()
+    generate.main(common + [f"--images={args.images}"])
+    ingest.main(common)
+    refine_round.main(common + ["--round=1"])
+    tr = train.main(common + ["--run-name=learning-report", f"max_minutes={args.minutes}", "max_steps=1000000",
+                              "epochs=1000", "batch_size=16", "checkpoint_every=500", "log_every=100"])
+    ev = evaluate.main(common + [f"--examples-version={tr['examples_version']}", "--model", tr["model_dir"],
+                                 "--limit=400"])
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "images": args.images,
+           "train_minutes_budget": args.minutes, "training": tr["result"], "evaluation": ev["val"],
+           "wall_s": round(time.time() - t0, 1)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    m, b = ev["val"]["model"], ev["val"]["baseline"]
+    lines = ["| metric | tiny model | trivial baseline |", "|---|---|---|"]
+    lines += [f"| {k} | {m[k]:.4f} | {b.get(k, float('nan')):.4f} |" for k in sorted(m)]
+    out.with_suffix(".md").write_text(
+        f"# Learning report\n\n{args.images} synthetic images, tiny model, {tr['result']['steps']} steps "
+        f"({tr['result']['seconds'] / 60:.1f} min, {tr['result']['examples_per_s']:.1f} examples/s) on "
+        f"{res['machine']}; validation examples per task: {ev['val']['examples']}\n\n" + "\n".join(lines) + "\n")
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
