@@ -36,6 +36,17 @@ class Florence2PyFunc(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_pretrained(context.artifacts["model_dir"])
 
     def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from florence2.predictor import PredictionInputError
+
+        try:
+            return self._predict(model_input, params)
+        except (ValueError, PredictionInputError) as e:  # the caller's fault: the server answers 400
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+
+    def _predict(self, model_input, params=None):
         import io
 
         import pandas as pd

@@ -252,7 +252,7 @@ class IngestResult:
 
 
 def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=None, timeout_s: float | None = None,
-               log=print) -> IngestResult:
+               log=print, until=None) -> IngestResult:
     """Run the ingest query.  ``available-now`` processes what has landed and stops;
     ``continuous`` keeps polling the landing area (until ``timeout_s``, if given)."""
     root = TableRoot(settings.tables_root)
@@ -272,7 +272,11 @@ def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=Non
     writer = writer.trigger(availableNow=True) if mode == "available-now" else writer.trigger(processingTime="5 seconds")
     t0 = time.time()
     q = writer.start()
-    q.awaitTermination(timeout_s)
+    if until is None:
+        q.awaitTermination(timeout_s)
+    else:  # continuous runs that stop once ``until(result)`` is true
+        while q.isActive and not until(result) and (timeout_s is None or time.time() - t0 < timeout_s):
+            q.awaitTermination(1)
     if q.isActive:
         q.stop()
     if q.exception():

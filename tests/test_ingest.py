@@ -169,18 +169,25 @@ def test_continuous_mode_picks_up_new_files(spark, settings):
     _world(settings, n=5, bad_inputs=False)
     later = settings.home / "later"
     write_world(later / "landing", later / "truth", n_images=5, seed=99, bad_inputs=False, source_name="late")
+    commits = settings.checkpoints / "ingest" / "commits"
+    landed = threading.Event()
 
-    def land_later():
-        time.sleep(12)
+    def land_after_first_batch():
+        deadline = time.time() + 300
+        while time.time() < deadline and not (commits.exists() and any(commits.glob("0"))):
+            time.sleep(0.5)
         for kind in SOURCE_KINDS:
             shutil.copytree(later / "landing" / kind / "late", settings.landing / kind / "late")
+        landed.set()
 
-    th = threading.Thread(target=land_later)
+    th = threading.Thread(target=land_after_first_batch)
     th.start()
-    res = run_ingest(spark, settings, mode="continuous", timeout_s=45, log=None)
+    root = TableRoot(settings.tables_root)
+    res = run_ingest(spark, settings, mode="continuous", timeout_s=400, log=None,
+                     until=lambda r: len(r.batches) >= 2 and read(spark, root, "bronze_images").count() == 10)
     th.join()
     assert len(res.batches) >= 2
-    assert read(spark, TableRoot(settings.tables_root), "bronze_images").count() == 10
+    assert read(spark, root, "bronze_images").count() == 10
 
 
 def test_remote_urls_are_fetched(spark, settings, tmp_path):
