@@ -1,7 +1,7 @@
 """Florence-2 as an MLflow pyfunc model: what ``mlflow models serve`` runs.
 
 Input rows: ``image`` (base64 text or bytes), ``task`` (a task token), optional
-``text`` and ``region`` ([x0, y0, x1, y1] pixels).  Output rows: ``task``,
+``text`` and ``region`` (JSON text "[x0, y0, x1, y1]", pixels).  Output rows: ``task``,
 ``raw_text`` (the model's answer text) and ``answer`` (the parsed result as JSON:
 boxes, labels, polygons, quads, scores or text).  Requests are batched inside
 ``predict``; image size and request count are limited by model config.
@@ -27,6 +27,18 @@ def decode_image_field(value, index: int) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"request {index}: 'image' is not valid base64") from None
+
+
+def _region(value, index: int):
+    """None, a JSON array text or a sequence -> 4 floats (or None)."""
+    if value is None or (isinstance(value, float) and value != value) or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"request {index}: 'region' must be JSON [x0, y0, x1, y1], got {value[:60]!r}") from None
+    return list(value)
 
 
 class Florence2PyFunc(mlflow.pyfunc.PythonModel):
@@ -70,10 +82,8 @@ class Florence2PyFunc(mlflow.pyfunc.PythonModel):
             if w * h > max_pixels:
                 raise ValueError(f"request {i}: image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
             text = r.get("text")
-            region = r.get("region")
-            reqs.append(Request(data, str(r.get("task")), None if text is None or text != text else text,
-                                None if region is None or (not hasattr(region, "__len__") and region != region)
-                                else list(region)))
+            region = _region(r.get("region"), i)
+            reqs.append(Request(data, str(r.get("task")), None if text is None or text != text else text, region))
         out = self.predictor.predict(reqs)
         return pd.DataFrame([{"task": o["task"], "raw_text": o["text"], "answer": json.dumps(o["answer"])}
                              for o in out])
@@ -81,11 +91,13 @@ class Florence2PyFunc(mlflow.pyfunc.PythonModel):
 
 def signature():
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Schema
+    from mlflow.types.schema import ColSpec, Schema
 
     return ModelSignature(
+        # region travels as JSON text ("[x0, y0, x1, y1]"): an optional array column breaks
+        # MLflow's schema check when some rows of a request have no region
         inputs=Schema([ColSpec("string", "image"), ColSpec("string", "task"), ColSpec("string", "text", required=False),
-                       ColSpec(Array("double"), "region", required=False)]),
+                       ColSpec("string", "region", required=False)]),
         outputs=Schema([ColSpec("string", "task"), ColSpec("string", "raw_text"), ColSpec("string", "answer")]))
 
 

@@ -51,7 +51,9 @@ def served(tmp_path_factory):
     with mlflow.start_run():
         reg = log_and_register(home / "model", "florence2", alias="champion")
     port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri)
+    # the scoring server execs uvicorn from PATH: the venv's bin must be on it
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
                                "models:/florence2@champion", "--env-manager", "local", "-h", "127.0.0.1",
                                "-p", str(port), "--workers", "1"], env=env, stdout=subprocess.PIPE,
@@ -117,7 +119,7 @@ def test_serves_five_tasks_with_parsed_outputs(served):
             {"image": b64, "task": "<OCR_WITH_REGION>"},
             {"image": b64, "task": "<CAPTION_TO_PHRASE_GROUNDING>", "text": s.captions["brief"]},
             {"image": _b64(scenes[1][1]), "task": "<REFERRING_EXPRESSION_SEGMENTATION>", "text": "the red circle"},
-            {"image": b64, "task": "<REGION_TO_CATEGORY>", "region": [float(v) for v in s.objects[0].bbox]}]
+            {"image": b64, "task": "<REGION_TO_CATEGORY>", "region": json.dumps(s.objects[0].bbox)}]
     status, out = _post(url, {"dataframe_records": rows})
     assert status == 200, out
     preds = out["predictions"]
