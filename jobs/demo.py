@@ -1,14 +1,16 @@
-"""The main job on the embedded default: synthetic world -> streaming ingest ->
-refinement round 1 behind its quality gate -> dataset statistics.
+"""The main job: the whole flywheel on the embedded default (the synthetic world).
 
-Training, round 2 with the trained model, evaluation and registration join this
-pipeline as they land; each stage is its own job in ``jobs/`` as well.
+1. generate the synthetic world;  2. streaming ingest;  3. refinement round 1;
+4. train the tiny model on round 1;  5. round 2 refined by that model;
+6. evaluate;  7. register (alias candidate; champion if it beats the current one);
+8. print a summary table and the command that serves the model.
 """
 from __future__ import annotations
 
+import json
 import time
 
-from jobs import generate, ingest, refine_round, statistics
+from jobs import evaluate, generate, ingest, refine_round, statistics, train
 from jobs.common import base_parser, settings_from
 
 
@@ -16,19 +18,58 @@ def main(argv=None) -> None:
     p = base_parser(__doc__)
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-minutes", type=float, default=4.0)
     args = p.parse_args(argv)
     s = settings_from(args)
     t0 = time.time()
     common = [f"--home={s.home}"] + ([f"--table-root={args.table_root}"] if args.table_root else [])
-    print(f"== 1/4 generate the synthetic world ({args.images} scenes, seed {args.seed}) under {s.home}")
+    stage = lambda n, text: print(f"\n== {n}/8 {text}  [{time.time() - t0:.0f}s]", flush=True)  # noqa: E731
+    stage(1, f"generate the synthetic world ({args.images} scenes, seed {args.seed}) under {s.home}")
     generate.main(common + [f"--images={args.images}", f"--seed={args.seed}"])
-    print("== 2/4 streaming ingest (available-now) into bronze Delta tables")
-    ingest.main(common)
-    print("== 3/4 refinement round 1: specialists + human labels -> filters -> FLD -> quality gate -> publish")
-    refine_round.main(common + ["--round=1"])
-    print("== 4/4 dataset statistics per published round")
+    stage(2, "streaming ingest (available-now) into bronze Delta tables")
+    ing = ingest.main(common)
+    stage(3, "refinement round 1: specialists + human labels -> filters -> FLD -> quality gate -> publish")
+    r1 = refine_round.main(common + ["--round=1"])
+    stage(4, f"train the tiny Florence-2 on round 1 ({args.train_minutes:g} min budget)")
+    tr = train.main(common + ["--run-name=demo-round1", f"max_minutes={args.train_minutes}", "max_steps=1000000",
+                              "epochs=1000", "batch_size=16", "checkpoint_every=200", "log_every=50"])
+    stage(5, "refinement round 2 with the round-1 model as a specialist")
+    rounds = {1: r1}
+    try:
+        rounds[2] = refine_round.main(common + ["--round=2", f"--model={tr['model_dir']}"])
+    except SystemExit as e:  # a failed gate: round 2 is not published; the flywheel keeps round 1
+        print(f"round 2 not published (exit {e.code}); latest published round stays 1")
+    stage(6, "evaluate on the validation split, next to trivial baselines")
+    ev = evaluate.main(common + [f"--examples-version={tr['examples_version']}",
+                                 f"--model=models:/florence2/{tr['model']['version']}", "--promote", "--limit=200"])
+    stage(7, "register: alias candidate on the trained version; champion moves only if it wins")
     statistics.main(common)
-    print(f"== done in {time.time() - t0:.0f}s; everything the platform wrote is under {s.home}")
+    stage(8, "summary")
+    _summary(s, ing, rounds, tr, ev, time.time() - t0)
+
+
+def _summary(s, ing, rounds, tr, ev, seconds):
+    from lakehouse.reporting import print_table
+
+    print("\nCounts per source (ingest):")
+    print_table(("source", "inputs", "new images", "duplicates", "quarantined"),
+                [(k, v["inputs"], v["new_images"], v["duplicates"], v["quarantined"]) for k, v in sorted(ing["per_source"].items())])
+    print("\nRounds:")
+    rows = []
+    for n, r in rounds.items():
+        st = r["stats"]
+        rows.append((n, "PASSED" if r["gate"].success else "FAILED", r["gold_version"], st["images"],
+                     st["region_text_annotations"], st["phrase_region_triplets"], st["ocr_words"]))
+    print_table(("round", "gate", "gold version", "images", "region-text", "phrase-region", "OCR words"), rows)
+    print("\nEvaluation (validation split):")
+    m, b = ev["val"]["model"], ev["val"]["baseline"]
+    print_table(("metric", "model", "baseline"), [(k, f"{m[k]:.4f}", f"{b.get(k, float('nan')):.4f}") for k in sorted(m)])
+    reg = tr["model"]
+    print(f"\nMLflow run {tr['run_id']}; registered florence2 version {reg['version']} (alias candidate"
+          f"{', champion' if ev.get('promoted') else ''}); tracking store {s.mlflow_dir / 'mlflow.db'}")
+    print(f"\nServe it:\n  PATH=.venv/bin:$PATH MLFLOW_TRACKING_URI=sqlite:///{s.mlflow_dir / 'mlflow.db'} \\\n"
+          f"    mlflow models serve -m models:/florence2@champion --env-manager local -h 127.0.0.1 -p 5000")
+    print(json.dumps({"demo_wall_s": round(seconds, 1)}))
 
 
 if __name__ == "__main__":
