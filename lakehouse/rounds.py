@@ -64,7 +64,9 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
     specialists = from_config(([{"type": "florence2", "model": cfg.model}] if cfg.model else []) + list(cfg.specialists or []))
     log(f"[round {cfg.round}] refining round {cfg.round - 1} with {', '.join(s.name for s in specialists)}")
     fresh = run_specialists(images, specialists, cfg.round)
-    carried = prev.withColumn("round", F.lit(cfg.round)).join(images.select("image_id"), "image_id", "left_semi")
+    # an annotator that runs again replaces what it said last round
+    carried = (prev.filter(~F.col("annotator").isin([sp.name for sp in specialists]))
+               .withColumn("round", F.lit(cfg.round)).join(images.select("image_id"), "image_id", "left_semi"))
     return carried.unionByName(fresh), specialists
 
 
