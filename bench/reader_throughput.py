@@ -1,0 +1,50 @@
+"""Petastorm reader alone: rows/s over the pinned train split of training_examples, decoding and
+preprocessing in the reader's workers (no model).  Run after `make demo` (or any jobs.train).
+
+    .venv/bin/python bench/reader_throughput.py --image-size 128 --pool process --workers 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lakehouse.config import load_settings  # noqa: E402
+from lakehouse.reader import check_count, delta_slice, iterate_rows, make_reader  # noqa: E402
+from lakehouse.spark import get_spark  # noqa: E402
+from lakehouse.tables import TableRoot, current_version  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--pool", default="process")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "reader_throughput.json"))
+    args = p.parse_args()
+    s = load_settings()
+    spark = get_spark(s, "fld-bench-reader")
+    root = TableRoot(s.tables_root)
+    sl = delta_slice(spark, root, current_version(spark, root, "training_examples"), "train")
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": sl.rows, "files": len(sl.files),
+           "image_size": args.image_size}
+    for pool in dict.fromkeys([args.pool, "dummy"]):
+        t0 = time.perf_counter()
+        with make_reader(sl, args.image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), pool=pool,
+                         workers=args.workers) as reader:
+            n = sum(1 for _ in iterate_rows(reader))
+        dt = time.perf_counter() - t0
+        check_count(n, sl.rows, f"{pool} pool")
+        res[f"{pool}_rows_per_s"] = round(n / dt, 1)
+    print(json.dumps(res, indent=2))
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
