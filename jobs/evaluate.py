@@ -115,6 +115,23 @@ def score(m: dict) -> float:
     return sum(parts) / len(parts) if parts else 0.0
 
 
+def synthetic_referring_examples(truth_dir: Path, images, image_ids: set, limit: int) -> list[dict]:
+    """Referring-expression segmentation examples from the synthetic ground truth of the given images."""
+    from florence2.targets import build_examples, from_synthetic
+
+    truth = [json.loads(x) for x in open(Path(truth_dir) / "ground_truth.jsonl")]
+    truth = [t for t in truth if t["image_id"] in image_ids]
+    content = {r.image_id: bytes(r.content) for r in images.filter(images.image_id.isin([t["image_id"] for t in truth])).collect()}
+    out = []
+    for t in truth:
+        if t["image_id"] not in content:
+            continue
+        for e in build_examples(from_synthetic(t), ["<REFERRING_EXPRESSION_SEGMENTATION>"]):
+            out.append({"image": content[t["image_id"]], "width": t["width"], "height": t["height"], "task": e.task,
+                        "text_input": e.text, "region": None, "target": e.target})
+    return out[:limit]
+
+
 def coco_folder_examples(folder: Path, limit: int | None = None) -> list[dict]:
     """A COCO-format folder as OD and caption examples."""
     from florence2.locations import box_tokens
@@ -150,6 +167,9 @@ def main(argv=None) -> dict:
     p.add_argument("--examples-version", type=int, default=None, help="training_examples version (default: latest)")
     p.add_argument("--coco", default=None, help="a COCO-format folder to evaluate on as well")
     p.add_argument("--limit", type=int, default=200, help="examples per source at most")
+    p.add_argument("--synthetic-referring", action="store_true",
+                   help="also score referring expressions (REC accuracy, RES mIoU) on the synthetic world's "
+                        "ground truth ($FLD_HOME/synthetic), which FLD's three families do not contain")
     p.add_argument("--promote", action="store_true", help="move the champion alias if this model beats it")
     p.add_argument("--registered-name", default="florence2")
     args = p.parse_args(argv)
@@ -175,6 +195,9 @@ def main(argv=None) -> dict:
         rows = (read(spark, root, "training_examples", version=version).filter("split = 'val'")
                 .orderBy("example_id").limit(args.limit).collect())
         exs = [dict(r.asDict(), image=bytes(r.content)) for r in rows]
+        val_images = {r.image_id for r in rows}
+        if args.synthetic_referring:
+            exs += synthetic_referring_examples(s.synthetic_dir, read(spark, root, "bronze_images"), val_images, args.limit)
         results["val"] = evaluate_examples(predictor, exs) | {"examples_version": version}
     if args.coco:
         results["coco"] = evaluate_examples(predictor, coco_folder_examples(Path(args.coco), args.limit)) | {"folder": args.coco}

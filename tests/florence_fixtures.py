@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 
+from florence2.targets import build_examples, from_synthetic
 from lakehouse.synthetic import generate
 
 
@@ -27,3 +28,46 @@ def tiny():
     from florence2 import modeling
 
     return modeling.create("tiny", tokenizer(), seed=0)
+
+
+LEARN_TASKS = ["<CAPTION>", "<OD>", "<CAPTION_TO_PHRASE_GROUNDING>", "<OCR_WITH_REGION>",
+               "<REFERRING_EXPRESSION_SEGMENTATION>"]
+
+
+def _eight_examples():
+    """8 examples over 5 tasks; a task appears on two different images, so the model must look."""
+    chosen = []
+    for s, img in generate(60, seed=21):
+        if not s.words or any(o.category == "circle" for o in s.objects) or len(s.objects) > 2:
+            continue
+        exs = {e.task: e for e in build_examples(from_synthetic(s.to_dict()))}
+        for t in sorted(LEARN_TASKS, key=lambda t: sum(c[1].task == t for c in chosen)):
+            if (t in exs and sum(c[1].task == t for c in chosen) < 2 and len(chosen) < 8
+                    and sum(c[0] is img for c in chosen) < 2):
+                chosen.append((img, exs[t]))
+    assert {c[1].task for c in chosen} == set(LEARN_TASKS) and len(chosen) == 8
+    return chosen
+
+
+def train_eight(max_steps: int, stop_loss: float):
+    """A tiny model fitted to the 8 examples (teacher forcing, AdamW); returns (model, processor, data)."""
+    import torch
+
+    from florence2 import modeling
+    from florence2.tasks import build_prompt
+
+    torch.manual_seed(0)
+    model, proc = modeling.create("tiny", tokenizer(), seed=0)
+    data = _eight_examples()
+    batch = proc.batch([img for img, _ in data], [build_prompt(e.task, e.text, e.region, img.size) for img, e in data],
+                       [e.target for _, e in data])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(max_steps):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < stop_loss:
+            break
+    return model.eval(), proc, data

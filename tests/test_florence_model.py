@@ -6,55 +6,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from florence2 import modeling
 from florence2.predictor import PredictionInputError, Predictor, Request, one_by_one
 from florence2.processing import Florence2Processor
-from florence2.targets import build_examples, from_synthetic
 from florence2.tasks import build_prompt
 from lakehouse.synthetic import generate
 
-from florence_fixtures import tokenizer
-
-LEARN_TASKS = ["<CAPTION>", "<OD>", "<CAPTION_TO_PHRASE_GROUNDING>", "<OCR_WITH_REGION>",
-               "<REFERRING_EXPRESSION_SEGMENTATION>"]
-
-
-def _eight_examples():
-    """8 examples over 5 tasks; a task appears on two different images, so the model must look."""
-    chosen = []
-    for s, img in generate(60, seed=21):
-        if not s.words or any(o.category == "circle" for o in s.objects) or len(s.objects) > 2:
-            continue
-        exs = {e.task: e for e in build_examples(from_synthetic(s.to_dict()))}
-        for t in sorted(LEARN_TASKS, key=lambda t: sum(c[1].task == t for c in chosen)):
-            if (t in exs and sum(c[1].task == t for c in chosen) < 2 and len(chosen) < 8
-                    and sum(c[0] is img for c in chosen) < 2):
-                chosen.append((img, exs[t]))
-    assert {c[1].task for c in chosen} == set(LEARN_TASKS) and len(chosen) == 8
-    return chosen
-
+from florence_fixtures import tokenizer, train_eight
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
-    model, proc = modeling.create("tiny", tokenizer(), seed=0)
-    data = _eight_examples()
-    batch = proc.batch([img for img, _ in data], [build_prompt(e.task, e.text, e.region, img.size) for img, e in data],
-                       [e.target for _, e in data])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    model.train()
-    for _ in range(600):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.01:
-            break
-    model.eval()
-    return model, proc, data
+    return train_eight(max_steps=600, stop_loss=0.01)
 
 
 def test_tiny_model_learns_eight_examples(trained):

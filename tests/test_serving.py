@@ -45,7 +45,9 @@ def served(tmp_path_factory):
     s = load_settings(home=home)
     from florence2 import modeling
 
-    model, proc, _ = _train_small()
+    from florence_fixtures import train_eight
+
+    model, proc, _ = train_eight(max_steps=400, stop_loss=0.02)
     modeling.save(model, proc, home / "model")
     uri = configure_mlflow(s)
     with mlflow.start_run():
@@ -73,31 +75,6 @@ def served(tmp_path_factory):
     yield url, reg
     os.killpg(server.pid, 9)
     server.wait(30)
-
-
-def _train_small():
-    import torch
-
-    from test_florence_model import _eight_examples
-    from florence2 import modeling
-    from florence2.tasks import build_prompt
-    from florence_fixtures import tokenizer
-
-    torch.manual_seed(0)
-    model, proc = modeling.create("tiny", tokenizer(), seed=0)
-    data = _eight_examples()
-    batch = proc.batch([i for i, _ in data], [build_prompt(e.task, e.text, e.region, i.size) for i, e in data],
-                       [e.target for _, e in data])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    model.train()
-    for _ in range(400):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.02:
-            break
-    return model.eval(), proc, data
 
 
 def _post(url, body, raw=False):

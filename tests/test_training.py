@@ -178,9 +178,11 @@ def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned):
     configure_mlflow(s)
     client = mlflow.MlflowClient()
     cand = client.get_model_version_by_alias("florence2", "candidate")
-    res = evaluate.main([f"--home={s.home}", f"--examples-version={v}", "--promote", "--limit=20"])
+    res = evaluate.main([f"--home={s.home}", f"--examples-version={v}", "--promote", "--limit=20",
+                         "--synthetic-referring"])
     val = res["val"]
-    assert {"cider", "od_mAP", "ocr_cer"} <= set(val["model"]) and set(val["model"]) == set(val["baseline"])
+    assert {"cider", "od_mAP", "ocr_cer", "res_miou", "rec_accuracy"} <= set(val["model"])
+    assert set(val["model"]) == set(val["baseline"])
     assert res["promoted"] and client.get_model_version_by_alias("florence2", "champion").version == cand.version
     run = mlflow.get_run(res["run_id"])
     assert "val.od_mAP" in run.data.metrics and "val.baseline.cider" in run.data.metrics
