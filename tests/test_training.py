@@ -136,15 +136,23 @@ def test_petastorm_source_trains_and_counts_every_row(pinned, tmp_path):
     assert res["epochs"] == 1 and res["steps"] == sl.rows // 2
 
 
-def test_train_job_tracks_dataset_gate_and_registers(pinned):
+@pytest.fixture(scope="module")
+def tracked(pinned):
+    """One run of the training job: MLflow run, pyfunc model registered as florence2@candidate."""
+    from jobs import train as train_job
+
+    s, root, v, _, _ = pinned
+    return train_job.main([f"--home={s.home}", f"--examples-version={v}", "--run-name=tracked",
+                           "max_steps=2", "batch_size=2", "reader_pool=dummy"])
+
+
+def test_train_job_tracks_dataset_gate_and_registers(pinned, tracked):
     import mlflow
 
-    from jobs import train as train_job
     from lakehouse.tracking import configure_mlflow
 
     s, root, v, _, _ = pinned
-    out = train_job.main([f"--home={s.home}", f"--examples-version={v}", "--run-name=tracked",
-                          "max_steps=2", "batch_size=2", "reader_pool=dummy"])
+    out = tracked
     configure_mlflow(s)
     run = mlflow.get_run(out["run_id"])
     assert run.data.tags["fld.round"] == "1" and run.data.tags["fld.examples_version"] == str(v)
@@ -168,7 +176,7 @@ def test_horovod_spark_run_from_the_job(pinned):
     assert out["result"]["steps"] == 2 and Path(out["model_dir"], "model.safetensors").exists()
 
 
-def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned):
+def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned, tracked):
     import mlflow
 
     from jobs import evaluate
