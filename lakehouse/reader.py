@@ -46,12 +46,13 @@ def delta_slice(spark, root: TableRoot, version: int, split: str, name: str = "t
 
 def decode_transform(image_size: int, mean, std, pdf):
     """Runs in Petastorm's workers: bytes -> normalised (3, S, S) float32 pixels."""
+    import io
+
+    from PIL import Image
+
     from florence2.processing import Florence2Processor
 
     proc = Florence2Processor(None, image_size, 0, tuple(mean), tuple(std))
-    from PIL import Image
-    import io
-
     pixels = proc.preprocess([Image.open(io.BytesIO(b)) for b in pdf["content"]])
     out = pdf.drop(columns=["content"])
     out["pixel_values"] = list(pixels)

@@ -7,7 +7,7 @@ recall and F1 per annotation kind.  A prediction matches at most one truth item.
 """
 from __future__ import annotations
 
-from florence2.evaluation import match_one_to_one, word_f1  # noqa: F401  (one definition of matching)
+from florence2.evaluation import match_one_to_one
 
 
 def _head(phrase: str) -> str:

@@ -14,7 +14,8 @@ from lakehouse.rounds import GateFailed, RoundConfig, latest_published_round, ru
 from lakehouse.specialists import from_config, run_specialists
 from lakehouse.synthetic import write_world
 from lakehouse.tables import TABLES, TableRoot, current_version, read
-from quality.annotation_metrics import score, word_f1
+from florence2.evaluation import word_f1
+from quality.annotation_metrics import score
 
 NOW = dt.datetime(2026, 1, 1)
 

@@ -1,7 +1,5 @@
 """Our metrics against the reference tools on fixed, hand-made fixtures."""
-import json
 
-import numpy as np
 import pytest
 
 from florence2 import evaluation as ev

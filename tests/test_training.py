@@ -130,7 +130,7 @@ def test_petastorm_source_trains_and_counts_every_row(pinned, tmp_path):
     s, _, _, sl, _ = pinned
     # enough steps for a whole epoch, so the per-epoch row count is checked
     steps = sl.rows // 2 + 1
-    r = _recipe(s.home / "data.json", tmp_path / "pet", "source=petastorm", "reader_pool=process", "batch_size=2",
+    _recipe(s.home / "data.json", tmp_path / "pet", "source=petastorm", "reader_pool=process", "batch_size=2",
                 f"max_steps={steps}", "epochs=1")
     res = json.loads((tmp_path / "pet" / "result.json").read_text())
     assert res["epochs"] == 1 and res["steps"] == sl.rows // 2
