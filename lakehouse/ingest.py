@@ -296,7 +296,3 @@ def totals(spark, settings: Settings) -> dict:
         "bronze_labels": read(spark, root, "bronze_labels").count(),
         "quarantine": {r["reason"]: r["count"] for r in read(spark, root, "quarantine").groupBy("reason").count().collect()},
     }
-
-
-def landing_file_count(settings: Settings) -> int:
-    return sum(len(files) for _, _, files in os.walk(Path(settings.landing)))
