@@ -1,16 +1,18 @@
-"""The data flywheel, measured: does round 2 (refined by a model trained on round 1) beat round 1?
+"""The data flywheel, measured on the synthetic world, where every answer is known.
 
-On the synthetic world, where ground truth is known: ingest, run round 1
-(specialists + human labels), train the tiny Florence-2 on round 1's published
-FLD rows, run round 2 with that model as a specialist, and score both rounds'
-annotations (precision / recall / F1 per kind) against ground truth.
+round 1 (specialists + human labels) -> train (the production recipe, through
+``jobs.train``) -> round 2 (the model, behind calibrated acceptance and the audit
+gate) -> train again -> round 3 ...  Every round attempt is scored against the
+ground truth of all images (precision / recall / F1 per family), next to its
+audit-slice scores and whether the gate published it.
 
-    .venv/bin/python bench/flywheel.py --images 100 --train-minutes 6
+    .venv/bin/python bench/flywheel.py --images 2000 --rounds 3 --train-minutes 10
+
+Writes ``bench/results/flywheel.json`` and ``flywheel.png`` (F1 per family by round).
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -21,78 +23,81 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyspark.sql import functions as F  # noqa: E402
-
-from florence2 import modeling  # noqa: E402
-from florence2.targets import build_examples  # noqa: E402
-from florence2.tokenization import build_tokenizer  # noqa: E402
-from florence2.train import fit  # noqa: E402
+from jobs import generate, ingest, refine_round, train  # noqa: E402
 from lakehouse.config import load_settings  # noqa: E402
-from lakehouse.examples import gold_annotations  # noqa: E402
-from lakehouse.ingest import run_ingest  # noqa: E402
-from lakehouse.rounds import RoundConfig, run_round  # noqa: E402
+from lakehouse.rounds import round_history  # noqa: E402
 from lakehouse.spark import get_spark  # noqa: E402
-from lakehouse.synthetic import write_world  # noqa: E402
 from lakehouse.tables import TableRoot, read  # noqa: E402
-from quality.annotation_metrics import score  # noqa: E402
-
-TRAIN_TASKS = ("<OD>", "<OCR_WITH_REGION>", "<CAPTION>", "<DETAILED_CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>",
-               "<REGION_TO_CATEGORY>")
+from quality.audit import FAMILIES, score  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=100)
-    p.add_argument("--train-minutes", type=float, default=6.0)
-    p.add_argument("--size", default="tiny")
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--train-minutes", type=float, default=10.0)
     p.add_argument("--home", default=None)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "flywheel.json"))
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "flywheel"))
     args = p.parse_args()
-    from PIL import Image
-
     home = Path(args.home or tempfile.mkdtemp(prefix="fld-flywheel-"))
-    s = load_settings(home=home)
-    spark = get_spark(s, "fld-flywheel")
-    root = TableRoot(s.tables_root)
+    common = [f"--home={home}"]
     t0 = time.time()
-    write_world(s.landing, s.synthetic_dir, n_images=args.images, seed=0)
-    run_ingest(spark, s, log=None)
+    generate.main(common + [f"--images={args.images}"])
+    ingest.main(common)
+    refine_round.main(common + ["--round=1"])
+    trainings = {}
+    for n in range(2, args.rounds + 1):
+        tr = train.main(common + [f"--round={n - 1}", f"--run-name=flywheel-round{n - 1}", "--register=",
+                                  f"max_minutes={args.train_minutes}", "max_steps=1000000", "epochs=1000",
+                                  "batch_size=16", "checkpoint_every=500", "log_every=100"])
+        trainings[n - 1] = tr["result"]
+        try:
+            refine_round.main(common + [f"--round={n}", f"--model={tr['model_dir']}"])
+        except SystemExit:
+            print(f"round {n} refused by the gate; the next round refines the latest published one")
+
+    s = load_settings(home=home)
+    spark = get_spark(s, "fld-flywheel-bench")
+    root = TableRoot(s.tables_root)
     truth = {json.loads(x)["image_id"]: json.loads(x) for x in open(s.synthetic_dir / "ground_truth.jsonl")}
-    run_round(spark, s, RoundConfig(round=1))
-    gold1 = [r.asDict(recursive=True) for r in read(spark, root, "gold_fld").filter("round = 1").collect()]
-    m1 = score(gold1, truth)
-    print("round 1:", json.dumps(m1))
+    rounds = []
+    for h in round_history(spark, root):
+        entry = {"round": h["round"], "published": h["published"], "audit": h["audit"]}
+        if h["published"]:
+            gold = [r.asDict(recursive=True) for r in read(spark, root, "gold_fld").filter(f"round = {h['round']}").collect()]
+            entry["truth"] = score(gold, truth)
+        rounds.append(entry)
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, local[2] Spark, CPU training",
+           "images": args.images, "train_minutes": args.train_minutes, "training": trainings, "rounds": rounds,
+           "wall_s": round(time.time() - t0, 1)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    _plot(rounds, out.with_suffix(".png"))
+    for r in rounds:
+        f1 = {f: r.get("truth", {}).get(f, {}).get("f1") for f in FAMILIES}
+        print(f"round {r['round']} {'published' if r['published'] else 'REFUSED'}: truth F1 {f1}")
 
-    images = {r.image_id: r for r in read(spark, root, "bronze_images").collect()}
-    examples = []
-    for row in gold1:
-        img = images[row["image_id"]]
-        row = dict(row, width=img.width, height=img.height)
-        pil = Image.open(io.BytesIO(img.content)).convert("RGB")
-        examples += [(pil, e) for e in build_examples(gold_annotations(row), TRAIN_TASKS)]
-    corpus = [e.target for _, e in examples if "<loc_" not in e.target] + [r["caption_more_detailed"] or "" for r in gold1]
-    tok = build_tokenizer(corpus, vocab_size=2000)
-    model, proc = modeling.create(args.size, tok, seed=0)
-    tr = fit(model, proc, examples, steps=100_000, batch_size=16, lr=1e-3, time_limit_s=args.train_minutes * 60)
-    print("trained:", tr)
-    model_dir = home / "models" / "round1-tiny"
-    modeling.save(model, proc, model_dir)
 
-    run_round(spark, s, RoundConfig(round=2, model=str(model_dir), specialists=[]))
-    gold2 = [r.asDict(recursive=True) for r in read(spark, root, "gold_fld").filter("round = 2").collect()]
-    m2 = score(gold2, truth)
-    print("round 2:", json.dumps(m2))
-    by2 = {f"{r.annotator}/{r.kind}": r["count"] for r in read(spark, root, "silver_annotations")
-           .filter(F.col("round") == 2).groupBy("annotator", "kind").count().collect()}
-    result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, local[2] Spark, CPU training",
-        "images": args.images, "model": args.size, "train_examples": len(examples), "training": tr,
-        "round1": m1, "round2": m2, "round2_annotations_by_annotator": by2,
-        "delta_f1": {k: round(m2[k]["f1"] - m1[k]["f1"], 4) for k in m1}, "wall_s": round(time.time() - t0, 1),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["delta_f1"]), "->", args.out)
+def _plot(rounds, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pub = [r for r in rounds if r["published"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fam in FAMILIES:
+        pts = [(r["round"], r["truth"][fam]["f1"]) for r in pub if fam in r.get("truth", {})]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=fam)
+    ax.set_xlabel("published round")
+    ax.set_ylabel("F1 against the synthetic truth")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("FLD quality by round")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

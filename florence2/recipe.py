@@ -46,6 +46,12 @@ class Config:
     bf16: str = "auto"                    # auto: bf16 autocast on CUDA only
     log_every: int = 10
     mlflow_run_id: str | None = None      # rank 0 logs step metrics into this run
+    # From-scratch learning (issue 9): without these the model learns each target from its own
+    # prefix and the visual features collapse to a constant, so the image is shut out.
+    loc_sigma: float = 8.0                # soft location targets: Gaussian over bins (std in bins); 0 = one-hot
+    image_variance: float = 1.0           # weight of the anti-collapse term on the projected visual features
+                                          # (a statistic of each rank's batch: Horovod runs differ slightly from one process)
+    image_variance_floor: float = 0.5     # per-feature std across the batch below which the term pushes back
 
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
@@ -103,14 +109,62 @@ def lr_factor(step: int, cfg: Config) -> float:
     return max(0.0, 1 - frac) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
-def example_loss(logits, labels):
+def example_loss(logits, labels, loc_range: tuple[int, int] | None = None, loc_sigma: float = 0.0):
     """Mean over examples of each example's mean token loss, so that averaging the
-    ranks' losses equals one process over the union of their batches."""
+    ranks' losses equals one process over the union of their batches.
+
+    With ``loc_range`` and ``loc_sigma`` > 0, a location token's target is a Gaussian
+    over the neighbouring bins instead of one bin: predicting bin 411 for 412 is
+    nearly right, and one-hot cross-entropy gives it no credit at all.
+    """
+    import torch
     import torch.nn.functional as F
 
     tok = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    if loc_range and loc_sigma > 0:
+        a, b = loc_range
+        is_loc = (labels >= a) & (labels < b)
+        if bool(is_loc.any()):
+            lp = F.log_softmax(logits[is_loc].float(), -1)[:, a:b]
+            bins = torch.arange(b - a, device=labels.device, dtype=torch.float32)
+            q = torch.exp(-(bins[None, :] - (labels[is_loc] - a).float()[:, None]) ** 2 / (2 * loc_sigma ** 2))
+            tok = tok.masked_scatter(is_loc, -(q / q.sum(1, keepdim=True) * lp).sum(1))
     mask = (labels != -100).float()
     return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+def image_variance_loss(features, floor: float):
+    """Hinge on each visual feature's std across the batch (VICReg's variance term).
+
+    Early in training the image is noise to a decoder that is still learning the
+    targets' marginals, and the cheapest way to remove that noise is to make every
+    image look the same: the tower learns a large constant output and the loss
+    becomes exactly the same with the images shuffled.  This term makes that
+    collapse cost something, so the features stay informative until they are used.
+    """
+    import torch
+
+    if features.shape[0] < 2:
+        return features.new_zeros(())
+    std = torch.sqrt(features.float().var(0) + 1e-4)
+    return torch.relu(floor - std).mean()
+
+
+def step_loss(model, inputs: dict, cfg: Config, loc_range=None):
+    """The training objective of one (micro-)batch: (total, task cross-entropy)."""
+    captured = []
+    hook = None
+    if cfg.image_variance > 0:
+        hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        labels = inputs["labels"]
+        logits = model(**inputs).logits
+    finally:
+        if hook is not None:
+            hook.remove()
+    ce = example_loss(logits, labels, loc_range, cfg.loc_sigma)
+    total = ce + cfg.image_variance * image_variance_loss(captured[0], cfg.image_variance_floor) if captured else ce
+    return total, ce
 
 
 def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
@@ -171,6 +225,7 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
     else:
         model, proc = modeling.create(cfg.model_size, tok, seed=cfg.seed)
     model.to(device).train()
+    loc_range = modeling.loc_token_range(tok)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     step, epoch = 0, 0
     latest = _latest_checkpoint(ckpt_dir)
@@ -216,11 +271,9 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
             pixels, prompts, targets = item
             inputs = proc.batch([], prompts, targets) | {"pixel_values": torch.as_tensor(pixels)}
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            labels = inputs.pop("labels")
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(**inputs, labels=labels).logits
-            loss = example_loss(logits, labels) / cfg.grad_accum
-            loss.backward()
+                total, ce = step_loss(model, inputs, cfg, loc_range)
+            (total / cfg.grad_accum).backward()
             micro += 1
             seen += len(prompts) * dist.size
             if micro % cfg.grad_accum:
@@ -233,7 +286,7 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
             opt.zero_grad()  # Horovod's optimizer takes no set_to_none
             sched.step()
             step += 1
-            value = loss.item() * cfg.grad_accum
+            value = ce.item()  # the task loss; the anti-collapse term is not part of it
             history.append(value)
             if dist.rank == 0 and (step % cfg.log_every == 0 or step == 1):
                 rate = seen / (time.time() - t0)

@@ -48,9 +48,18 @@ def main(argv=None) -> None:
     _summary(s, ing, rounds, tr, ev, time.time() - t0)
 
 
+def _audit(s):
+    from lakehouse.rounds import audit_table, round_history
+    from lakehouse.spark import get_spark
+    from lakehouse.tables import TableRoot
+
+    return audit_table(round_history(get_spark(s, "fld-demo"), TableRoot(s.tables_root)))
+
+
 def _summary(s, ing, rounds, tr, ev, seconds):
     from lakehouse.reporting import print_table
 
+    audit = _audit(s)
     print("\nCounts per source (ingest):")
     print_table(("source", "inputs", "new images", "duplicates", "quarantined"),
                 [(k, v["inputs"], v["new_images"], v["duplicates"], v["quarantined"]) for k, v in sorted(ing["per_source"].items())])
@@ -61,6 +70,8 @@ def _summary(s, ing, rounds, tr, ev, seconds):
         rows.append((n, "PASSED" if r["gate"].success else "FAILED", r["gold_version"], st["images"],
                      st["region_text_annotations"], st["phrase_region_triplets"], st["ocr_words"]))
     print_table(("round", "gate", "gold version", "images", "region-text", "phrase-region", "OCR words"), rows)
+    print("\nAudit slice per round attempt (F1 against the trusted reference; the gate refuses a drop):")
+    print_table(*audit)
     print("\nEvaluation (validation split):")
     m, b = ev["val"]["model"], ev["val"]["baseline"]
     print_table(("metric", "model", "baseline"), [(k, f"{m[k]:.4f}", f"{b.get(k, float('nan')):.4f}") for k in sorted(m)])

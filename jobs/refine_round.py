@@ -9,8 +9,9 @@ import sys
 
 from jobs.common import base_parser, settings_from
 from lakehouse.reporting import print_table
-from lakehouse.rounds import GateFailed, RoundConfig, run_round
+from lakehouse.rounds import GateFailed, RoundConfig, audit_table, round_history, run_round
 from lakehouse.spark import get_spark
+from lakehouse.tables import TableRoot
 
 
 def main(argv=None) -> dict:
@@ -31,9 +32,11 @@ def main(argv=None) -> dict:
         res = run_round(spark, s, cfg)
     except GateFailed as e:
         print(str(e), file=sys.stderr)
+        print_table(*audit_table(round_history(spark, TableRoot(s.tables_root))))
         sys.exit(1)
     st = {k: v for k, v in res["stats"].items() if k != "annotations_by_annotator"}
     print_table(("statistic", f"round {args.round}"), sorted(st.items()))
+    print_table(*audit_table(round_history(spark, TableRoot(s.tables_root))))
     print(f"published round {args.round} as gold_fld version {res['gold_version']}")
     return res
 

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
+from lakehouse.acceptance import AcceptanceConfig, apply_acceptance, calibrate_models
 from lakehouse.filters import FilterConfig, apply_filters
 from lakehouse.fld import build_gold, human_annotations, publish_gold
 from lakehouse.specialists import from_config, run_specialists
 from lakehouse.statistics import round_statistics
 from lakehouse.tables import TABLES, TableRoot, current_version, ensure_tables, merge_insert, read
-from quality.gate import GateConfig, annotations_view, gold_view, run_gate
+from quality import audit
+from quality.gate import GateConfig, annotations_view, audit_view, gold_view, run_gate
 
 DEFAULT_SPECIALISTS = ({"type": "tesseract"}, {"type": "rapidocr"}, {"type": "contours"})
 
@@ -36,6 +38,7 @@ class RoundConfig:
     specialists: list = field(default_factory=lambda: [dict(s) for s in DEFAULT_SPECIALISTS])
     model: str | None = None           # round > 1: the Florence-2 model (directory or MLflow URI) that refines
     filters: FilterConfig = field(default_factory=FilterConfig)
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     image_limit: int | None = None     # annotate only this many images (smoke runs)
 
@@ -45,6 +48,49 @@ def latest_published_round(spark, root: TableRoot) -> int | None:
     return r
 
 
+def published_audit(spark, root: TableRoot) -> tuple[int | None, dict | None]:
+    """(round, audit scores) of the latest published round."""
+    rows = (read(spark, root, "rounds").filter("published").orderBy(F.col("round").desc(), F.col("attempt_at").desc())
+            .select("round", "audit_json").limit(1).collect())
+    if not rows:
+        return None, None
+    return rows[0]["round"], json.loads(rows[0]["audit_json"]) if rows[0]["audit_json"] else None
+
+
+def round_history(spark, root: TableRoot) -> list[dict]:
+    """Every round attempt, oldest first: round, time, published, audit scores per family."""
+    rows = read(spark, root, "rounds").orderBy("attempt_at").select("round", "attempt_at", "published", "audit_json").collect()
+    return [{"round": r["round"], "attempt_at": r["attempt_at"], "published": r["published"],
+             "audit": json.loads(r["audit_json"]) if r["audit_json"] else {}} for r in rows]
+
+
+def audit_table(history: list[dict]) -> tuple[tuple, list[tuple]]:
+    """(header, rows) of audit F1 per family for each attempt, for ``print_table``."""
+    header = ("round", "gate", "audit images", *(f"{f} F1" for f in audit.FAMILIES))
+    rows = [(h["round"], "published" if h["published"] else "REFUSED", h["audit"].get("images", 0),
+             *(f"{h['audit'][f]['f1']:.3f}" if f in h["audit"] else "-" for f in audit.FAMILIES)) for h in history]
+    return header, rows
+
+
+def audit_reference(spark, root: TableRoot, settings: Settings, fraction: float) -> dict[str, dict]:
+    """The audit slice of bronze and its trusted reference annotations."""
+    ids = {r["image_id"] for r in read(spark, root, "bronze_images").filter(audit.audit_column(fraction))
+           .select("image_id").collect()}
+    return audit.reference(spark, read(spark, root, "bronze_labels"), ids, settings.synthetic_dir / "ground_truth.jsonl")
+
+
+def _audit(spark, root: TableRoot, ref: dict, candidate, cfg: RoundConfig, log):
+    """Score the round's FLD rows on the audit slice; compare with the latest published round."""
+    acfg = cfg.gate.audit
+    rows = [r.asDict(recursive=True) for r in candidate.filter(F.col("image_id").isin(sorted(ref))).collect()] if ref else []
+    scores = audit.score(rows, ref)
+    prev_round, prev = published_audit(spark, root)
+    checks = [dict(c, published_round=prev_round) for c in audit.regressions(scores, prev, acfg)]
+    log(f"[round {cfg.round}] audit ({scores['images']} images): " + ", ".join(
+        f"{k} F1 {v['f1']:.3f}" for k, v in scores.items() if k != "images"))
+    return scores, checks
+
+
 def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
     images = read(spark, root, "bronze_images")
     if cfg.image_limit:
@@ -52,22 +98,44 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
     if cfg.round == 1:
         specialists = from_config(cfg.specialists)
         log(f"[round 1] specialists: {', '.join(f'{s.name}@{s.version}' for s in specialists)} + human labels")
+        # human labels of the audit slice are its reference, so they stay out of the merge
+        human = human_annotations(spark, root, 1).filter(~audit.audit_column(cfg.gate.audit.fraction))
         anns = run_specialists(images, specialists, 1).unionByName(
-            human_annotations(spark, root, 1).join(images.select("image_id"), "image_id", "left_semi"))
+            human.join(images.select("image_id"), "image_id", "left_semi"))
         return anns, specialists
     if not cfg.model and not cfg.specialists:
         raise ValueError(f"round {cfg.round} needs --model (the Florence-2 model trained on round {cfg.round - 1}) "
                          "or specialists to refine with")
-    prev = read(spark, root, "silver_annotations").filter(F.col("round") == cfg.round - 1)
-    if prev.limit(1).count() == 0:
-        raise ValueError(f"round {cfg.round - 1} has no annotations in silver; run it first")
+    # refine what was published: a refused round's silver is kept for inspection, never built on
+    base = read(spark, root, "rounds").filter(F.col("published") & (F.col("round") < cfg.round)) \
+        .agg(F.max("round").alias("r")).collect()[0]["r"]
+    if base is None:
+        raise ValueError(f"no round before {cfg.round} is published; run round 1 first")
+    prev = read(spark, root, "silver_annotations").filter(F.col("round") == base)
     specialists = from_config(([{"type": "florence2", "model": cfg.model}] if cfg.model else []) + list(cfg.specialists or []))
-    log(f"[round {cfg.round}] refining round {cfg.round - 1} with {', '.join(s.name for s in specialists)}")
+    log(f"[round {cfg.round}] refining published round {base} with {', '.join(s.name for s in specialists)}")
     fresh = run_specialists(images, specialists, cfg.round)
     # an annotator that runs again replaces what it said last round
     carried = (prev.filter(~F.col("annotator").isin([sp.name for sp in specialists]))
                .withColumn("round", F.lit(cfg.round)).join(images.select("image_id"), "image_id", "left_semi"))
     return carried.unionByName(fresh), specialists
+
+
+def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
+    """Model annotations pass only where calibrated on the audit slice or confirmed (lakehouse.acceptance)."""
+    models = {s.name for s in specialists if s.is_model}
+    if not models:
+        return anns, []
+    audited = [r.asDict() for r in anns.filter(F.col("image_id").isin(sorted(ref))).collect()] if ref else []
+    cal = calibrate_models(audited, ref, models, cfg.acceptance)
+    log(f"[round {cfg.round}] acceptance thresholds (target precision {cfg.acceptance.target_precision}): "
+        f"{cal.summary()}; label precision on the audit slice: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal.label_precision.items())))
+    marked = apply_acceptance(anns, models, cal)
+    drops = (marked.filter(F.col("drop_reason").isNotNull())
+             .groupBy(F.lit("acceptance").alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))
+             .agg(F.count("*").alias("removed")).collect())
+    return marked.filter(F.col("drop_reason").isNull()).drop("drop_reason"), drops
 
 
 def _replace_round(root: TableRoot, name: str, df, round_: int) -> None:
@@ -82,9 +150,11 @@ def run_round(spark, settings: Settings, cfg: RoundConfig, log=print) -> dict:
     anns, specialists = _annotate(spark, root, cfg, log)
     anns = anns.persist()
     log(f"[round {cfg.round}] annotate: {anns.count()} annotations")
-    kept, removed = apply_filters(anns, cfg.filters)
+    ref = audit_reference(spark, root, settings, cfg.gate.audit.fraction)
+    accepted, accept_drops = _accept(anns, ref, specialists, cfg, log)
+    kept, removed = apply_filters(accepted, cfg.filters)
     kept = kept.persist()
-    removed_rows = removed.collect()
+    removed_rows = accept_drops + removed.collect()
     log(f"[round {cfg.round}] filter: kept {kept.count()}, removed {sum(r['removed'] for r in removed_rows)}")
     # silver holds the round's filtered annotations; one atomic replace of the round's slice (rerun-safe)
     _replace_round(root, "silver_annotations", kept, cfg.round)
@@ -96,21 +166,23 @@ def run_round(spark, settings: Settings, cfg: RoundConfig, log=print) -> dict:
     silver = read(spark, root, "silver_annotations").filter(F.col("round") == cfg.round)
     candidate = build_gold(silver, cfg.round).persist()
     log(f"[round {cfg.round}] merge: {candidate.count()} FLD rows; running the quality gate")
-    gate = run_gate(spark, root, settings.home, cfg.round, {
-        "annotations": annotations_view(silver, read(spark, root, "bronze_images")),
-        "gold": gold_view(candidate)}, cfg.gate)
+    scores, checks = _audit(spark, root, ref, candidate, cfg, log)
+    views = {"annotations": annotations_view(silver, read(spark, root, "bronze_images")), "gold": gold_view(candidate)}
+    if checks:
+        views["audit"] = audit_view(spark, checks)
+    gate = run_gate(spark, root, settings.home, cfg.round, views, cfg.gate)
     log(gate.summary())
     stats = round_statistics(candidate, silver)
     if gate.success:
         publish_gold(spark, root, candidate, cfg.round)
     row = (cfg.round, t0, gate.success, gate.success, current_version(spark, root, "silver_annotations"),
            current_version(spark, root, "gold_fld"), current_version(spark, root, "bronze_images"), cfg.model,
-           json.dumps([f"{s.name}@{s.version}" for s in specialists]), json.dumps(stats), json.dumps(gate.per_suite, default=str))
+           json.dumps([f"{s.name}@{s.version}" for s in specialists]), json.dumps(stats), json.dumps(gate.per_suite, default=str), json.dumps(scores))
     merge_insert(spark, root, "rounds", spark.createDataFrame([row], TABLES["rounds"].schema), ["round", "attempt_at"])
     anns.unpersist()
     kept.unpersist()
     candidate.unpersist()
-    result = {"round": cfg.round, "published": gate.success, "gate": gate, "stats": stats,
+    result = {"round": cfg.round, "published": gate.success, "gate": gate, "stats": stats, "audit": scores,
               "gold_version": row[5], "silver_version": row[4]}
     if not gate.success:
         raise GateFailed(f"round {cfg.round} not published; latest published round stays "

@@ -193,6 +193,7 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
             _f("round", I, False), _f("attempt_at", TS, False), _f("published", T.BooleanType(), False),
             _f("gate_success", T.BooleanType(), False), _f("silver_version", L), _f("gold_version", L),
             _f("bronze_version", L), _f("model", S), _f("specialists", S), _f("stats_json", S), _f("gate_json", S),
+            _f("audit_json", S),
         ]),
         description="Every refinement-round attempt: table versions, gate result, statistics, model used. "
                     "The latest published round is the highest round with published = true.",
@@ -258,6 +259,13 @@ def ensure_table(spark, root: TableRoot, tdef: TableDef) -> None:
     if tdef.description:
         builder = builder.comment(tdef.description)
     builder.execute()
+    # a table made by an earlier version of this catalog gets the nullable columns added since
+    have = set(spark.read.table(root.ident(tdef.name)).columns if root.is_catalog
+               else spark.read.format("delta").load(root.path(tdef.name)).columns)
+    missing = [f for f in tdef.schema.fields if f.name not in have]
+    if missing:
+        cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE {root.ident(tdef.name)} ADD COLUMNS ({cols})")
     existing = {
         r["key"] for r in spark.sql(f"SHOW TBLPROPERTIES {root.ident(tdef.name)}").collect()
     }

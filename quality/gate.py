@@ -17,6 +17,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from quality.audit import AuditConfig
 from lakehouse.tables import ANNOTATION_KINDS, CAPTION_KINDS, TABLES, TableRoot, merge_insert
 
 
@@ -27,6 +28,7 @@ class GateConfig:
                                                          "caption_more_detailed": (10, 250)})
     max_regions_per_image: int = 40
     min_mean_regions_per_image: float = 0.5
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 def annotations_view(silver: DataFrame, images: DataFrame) -> DataFrame:
@@ -75,7 +77,19 @@ def suites(cfg: GateConfig) -> dict[str, list]:
         gxe.ExpectColumnValuesToBeBetween(column="n_regions", min_value=0, max_value=cfg.max_regions_per_image),
         gxe.ExpectColumnMeanToBeBetween(column="n_regions", min_value=cfg.min_mean_regions_per_image),
     ]
-    return {"annotations": ann, "gold": gold}
+    # one row per annotation family scored in this round and the latest published one (quality.audit)
+    audit = [gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="f1", column_B="floor", or_equal=True)]
+    return {"annotations": ann, "gold": gold, "audit": audit}
+
+
+def audit_view(spark, rows: list[dict]) -> DataFrame:
+    from pyspark.sql import types as T
+
+    schema = T.StructType([T.StructField("family", T.StringType()), T.StructField("f1", T.DoubleType()),
+                           T.StructField("published_f1", T.DoubleType()), T.StructField("floor", T.DoubleType()),
+                           T.StructField("published_round", T.IntegerType())])
+    return spark.createDataFrame([(r["family"], r["f1"], r["published_f1"], r["floor"], r["published_round"])
+                                  for r in rows], schema)
 
 
 @dataclass
@@ -89,6 +103,7 @@ class GateResult:
         for name, r in self.per_suite.items():
             lines.append(f"  {name}: {r['evaluated'] - len(r['failed'])}/{r['evaluated']} expectations met")
             lines += [f"    FAILED {f}" for f in r["failed"]]
+            lines += [f"    {d}" for d in r.get("details", [])]
         if self.docs:
             lines.append(f"  data docs: {self.docs}")
         return "\n".join(lines)
@@ -117,6 +132,8 @@ def run_gate(spark, root: TableRoot, home: Path, round_: int, views: dict[str, D
         ds = ctx.data_sources.add_spark("fld_spark")
     defs, batches = [], {}
     for name, expectations in suites(cfg).items():
+        if name not in views:
+            continue
         try:
             asset = ds.get_asset(name)
         except (LookupError, ValueError):
@@ -142,8 +159,14 @@ def run_gate(spark, root: TableRoot, home: Path, round_: int, views: dict[str, D
         vr = next(iter(res.run_results.values()))
         failed = [f"{r.expectation_config.type}({_kwargs(r.expectation_config.kwargs)})"
                   for r in vr.results if not r.success]
+        details = []
+        if name == "audit" and not vr.success:
+            # name the family and both numbers, not just the expectation
+            details = [f"audit F1 of {r['family']} fell to {r['f1']:.4f} from {r['published_f1']:.4f} in published round "
+                       f"{r['published_round']} (allowed down to {r['floor']:.4f})"
+                       for r in df.filter("f1 < floor").collect()]
         per_suite[name] = {"success": bool(vr.success), "evaluated": len(vr.results), "failed": failed,
-                           "statistics": dict(vr.statistics)}
+                           "details": details, "statistics": dict(vr.statistics)}
     sites = ctx.get_docs_sites_urls()
     if sites:
         docs = sites[0].get("site_url")

@@ -18,6 +18,8 @@ class Specialist:
     """Subclasses set ``name``, ``version``, ``kinds`` and implement ``load`` and ``annotate``."""
 
     name = "specialist"
+    # a trained model whose output must earn its way into a round (lakehouse.acceptance)
+    is_model = False
     version = "0"
     kinds: tuple[str, ...] = ()
 

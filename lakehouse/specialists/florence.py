@@ -33,6 +33,7 @@ def resolve_model_dir(model: str) -> Path:
 
 class Florence2Specialist(Specialist):
     name = "florence2"
+    is_model = True
     kinds = tuple(sorted(set(TASK_KINDS.values())))
 
     def __init__(self, model: str, tasks=tuple(TASK_KINDS), max_new_tokens: int = 256, version: str | None = None,

@@ -1,0 +1,141 @@
+"""Acceptance of model annotations: a model's output enters a round only where it is
+trustworthy.
+
+Per kind (region, word, caption level), the model's confidence threshold is
+calibrated on the audit slice (``quality.audit``) to reach a target precision.
+A model annotation is accepted when its confidence reaches that threshold, or
+when another (non-model) annotator agrees with it on the same image (regions:
+same label and IoU >= 0.5; words: same text and IoU >= 0.5).  Where a model
+region and a specialist region cover the same object (IoU >= 0.5) with different
+labels, the label of whichever is right more often on the audit slice wins and
+the other is dropped.  Every drop has a reason, counted in ``filter_log`` under
+the step ``acceptance``.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from lakehouse.geometry import iou
+
+CAPTION_LEVELS = {"caption_brief": "brief", "caption_detailed": "detailed", "caption_more_detailed": "more_detailed"}
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    target_precision: float = 0.9   # per kind, on the audit slice
+    min_support: int = 5            # fewer audited model annotations at a threshold: it does not count
+    caption_precision: float = 0.8  # a caption is right when this share of its words is in the reference's
+
+
+def _words(s) -> list[str]:
+    return re.findall(r"[a-z0-9]+", (s or "").lower())
+
+
+def _label(s) -> str:
+    w = (s or "").strip().lower()
+    return w[:-1] if w.endswith("s") and not w.endswith("ss") else w
+
+
+def correct(ann: dict, ref: dict, cfg: AcceptanceConfig) -> bool:
+    """Whether one annotation agrees with the reference of its image."""
+    kind = ann["kind"]
+    if kind == "region":
+        return any(_label(o["category"]) == _label(ann["text"]) and iou(ann["bbox"], o["bbox"]) >= 0.5
+                   for o in ref.get("objects", []))
+    if kind == "word":
+        return any((w["text"] or "").lower() == (ann["text"] or "").lower() and iou(ann["bbox"], w["bbox"]) >= 0.5
+                   for w in ref.get("words", []))
+    if kind in CAPTION_LEVELS:
+        truth = ref.get("captions", {}).get(CAPTION_LEVELS[kind])
+        p, t = _words(ann["text"]), set(_words(truth))
+        return bool(p and t) and sum(w in t for w in p) / len(p) >= cfg.caption_precision
+    return False
+
+
+def calibrate(audited: list[tuple[float, bool]], cfg: AcceptanceConfig) -> float | None:
+    """The lowest confidence whose accepted set reaches the target precision; None: no threshold does."""
+    best, hits = None, 0
+    for n, (conf, ok) in enumerate(sorted(audited, key=lambda x: -x[0]), 1):
+        hits += ok
+        if n >= cfg.min_support and hits / n >= cfg.target_precision:
+            best = conf
+    return best
+
+
+def label_precision(anns: list[dict], refs: dict[str, dict]) -> dict[str, float]:
+    """Per annotator: of its regions that cover a reference object, the share with the right label."""
+    tally: dict[str, list[int]] = {}
+    for a in anns:
+        if a["kind"] != "region" or a["image_id"] not in refs or a["bbox"] is None:
+            continue
+        objs = [o for o in refs[a["image_id"]].get("objects", []) if iou(a["bbox"], o["bbox"]) >= 0.5]
+        if objs:
+            t = tally.setdefault(a["annotator"], [0, 0])
+            t[0] += any(_label(o["category"]) == _label(a["text"]) for o in objs)
+            t[1] += 1
+    return {k: hit / n for k, (hit, n) in tally.items() if n}
+
+
+@dataclass
+class Calibration:
+    thresholds: dict            # (annotator, kind) -> threshold or None
+    label_precision: dict       # annotator -> share of right labels on covered objects
+    audited: dict               # (annotator, kind) -> number of audited annotations
+
+    def summary(self) -> str:
+        parts = [f"{a}/{k} >= {t:.3f}" if t is not None else f"{a}/{k}: none reaches the target"
+                 for (a, k), t in sorted(self.thresholds.items())]
+        return "; ".join(parts) or "no model annotations on the audit slice"
+
+
+def calibrate_models(audit_anns: list[dict], refs: dict[str, dict], models: set[str],
+                     cfg: AcceptanceConfig) -> Calibration:
+    groups: dict[tuple, list] = {}
+    for a in audit_anns:
+        if a["annotator"] in models and a["image_id"] in refs:
+            groups.setdefault((a["annotator"], a["kind"]), []).append((a["confidence"] or 0.0, correct(a, refs[a["image_id"]], cfg)))
+    return Calibration({k: calibrate(v, cfg) for k, v in groups.items()}, label_precision(audit_anns, refs),
+                       {k: len(v) for k, v in groups.items()})
+
+
+def _decide(models: frozenset, cal: Calibration, pdf):
+    rows = pdf.to_dict("records")
+    reasons = [None] * len(rows)
+    others = [(i, r) for i, r in enumerate(rows) if r["annotator"] not in models and r["bbox"] is not None]
+
+    def agrees(r):
+        same = (lambda o: _label(o["text"]) == _label(r["text"])) if r["kind"] == "region" else \
+            (lambda o: (o["text"] or "").lower() == (r["text"] or "").lower())
+        return any(o["kind"] == r["kind"] and same(o) and iou(r["bbox"], o["bbox"]) >= 0.5 for _, o in others)
+
+    for i, r in enumerate(rows):
+        if r["annotator"] not in models:
+            continue
+        thr = cal.thresholds.get((r["annotator"], r["kind"]))
+        trusted = thr is not None and (r["confidence"] or 0.0) >= thr
+        if r["kind"] in ("region", "word") and r["bbox"] is not None:
+            if r["kind"] == "region":
+                rivals = [(j, o) for j, o in others if o["kind"] == "region" and not o["annotator"].startswith("human:")
+                          and _label(o["text"]) != _label(r["text"]) and iou(r["bbox"], o["bbox"]) >= 0.5]
+                mine = cal.label_precision.get(r["annotator"], 0.0)
+                if rivals and all(mine > cal.label_precision.get(o["annotator"], 0.0) for _, o in rivals):
+                    for j, _ in rivals:
+                        reasons[j] = "label_overruled_by_model"
+                    continue
+            if trusted or agrees(r):
+                continue
+            reasons[i] = "model_below_calibrated_confidence" if thr is not None else "model_uncalibrated_no_agreement"
+        elif not trusted:
+            reasons[i] = "model_below_calibrated_confidence" if thr is not None else "model_uncalibrated"
+    return pdf.assign(drop_reason=reasons)
+
+
+def apply_acceptance(df: DataFrame, models: set[str], cal: Calibration) -> DataFrame:
+    """``df`` with a ``drop_reason`` column (null: accepted) for every annotation of the round."""
+    schema = T.StructType(df.schema.fields + [T.StructField("drop_reason", T.StringType())])
+    return df.groupBy("image_id").applyInPandas(functools.partial(_decide, frozenset(models), cal), schema)

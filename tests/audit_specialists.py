@@ -1,0 +1,55 @@
+"""Specialists with known quality for the audit, gate and acceptance tests (shipped to Spark
+workers with addPyFile).  They read the synthetic world's ground truth, so the test knows
+exactly how right each one is."""
+import json
+
+from lakehouse.specialists.base import Specialist
+from lakehouse.synthetic import CATEGORIES
+
+
+class _FromTruth(Specialist):
+    version, kinds = "1", ("region",)
+
+    def __init__(self, truth: str):
+        self.truth = truth
+
+    def load(self):
+        return {json.loads(x)["image_id"]: json.loads(x) for x in open(self.truth)}
+
+    def objects(self, image_id):
+        return (self.model().get(image_id) or {"objects": []})["objects"]
+
+
+class OracleModel(_FromTruth):
+    """A model that is always right."""
+
+    name, is_model = "oracle", True
+
+    def annotate(self, image, image_id):
+        return [{"kind": "region", "text": o["category"], "description": f"{o['size']} {o['color']} {o['category']}",
+                 "bbox": o["bbox"], "confidence": 0.95} for o in self.objects(image_id)]
+
+
+class LiarModel(_FromTruth):
+    """A model that is always wrong, and sure of itself: another category, in the mirrored place."""
+
+    name, is_model = "liar", True
+
+    def annotate(self, image, image_id):
+        out = []
+        for o in self.objects(image_id):
+            x0, y0, x1, y1 = o["bbox"]
+            w = self.model()[image_id]["width"]
+            wrong = CATEGORIES[(CATEGORIES.index(o["category"]) + 3) % len(CATEGORIES)]
+            out.append({"kind": "region", "text": wrong, "bbox": [w - x1, y0, w - x0, y1], "confidence": 0.99})
+        return out
+
+
+class ShiftedContours(Specialist):
+    """Stands in for the contour specialist in a later round with boxes that miss every object."""
+
+    name, version, kinds = "contours", "broken", ("region",)
+
+    def annotate(self, image, image_id):
+        w, h = image.size
+        return [{"kind": "region", "text": "circle", "bbox": [0.0, 0.0, w * 0.1, h * 0.1], "confidence": 0.9}]

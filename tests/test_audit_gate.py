@@ -1,0 +1,96 @@
+"""The flywheel's safety net on real Spark/Delta/GX: audit scores every round, a gate that
+refuses regressions by family, and calibrated acceptance of model annotations."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse.acceptance import AcceptanceConfig, calibrate
+from lakehouse.ingest import run_ingest
+from lakehouse.rounds import GateFailed, RoundConfig, latest_published_round, run_round
+from lakehouse.synthetic import write_world
+from lakehouse.tables import TableRoot, current_version, read
+from quality.audit import AuditConfig, audit_column, in_audit
+from quality.gate import GateConfig
+
+GATE = GateConfig(audit=AuditConfig(fraction=0.5))
+FAST = [{"type": "rapidocr"}, {"type": "contours"}]
+
+
+@pytest.fixture(scope="module")
+def world(spark, tmp_path_factory):
+    from lakehouse.config import load_settings
+
+    s = load_settings(home=tmp_path_factory.mktemp("audit") / "fld_home")
+    write_world(s.landing, s.synthetic_dir, n_images=24, seed=8, bad_inputs=False)
+    run_ingest(spark, s, log=None)
+    spark.sparkContext.addPyFile(str(Path(__file__).with_name("audit_specialists.py")))
+    res = run_round(spark, s, RoundConfig(round=1, specialists=FAST, gate=GATE), log=lambda *a: None)
+    return s, TableRoot(s.tables_root), res
+
+
+def _truth(s) -> str:
+    return str(s.synthetic_dir / "ground_truth.jsonl")
+
+
+def test_audit_slice_is_hash_chosen_and_scored_into_rounds(spark, world):
+    s, root, res = world
+    images = read(spark, root, "bronze_images")
+    by_spark = {r.image_id for r in images.filter(audit_column(0.5)).collect()}
+    by_python = {r.image_id for r in images.collect() if in_audit(r.image_id, 0.5)}
+    assert by_spark == by_python and 0 < len(by_spark) < images.count()
+    row = read(spark, root, "rounds").filter("round = 1").collect()[0]
+    scores = json.loads(row.audit_json)
+    assert scores == res["audit"] and scores["images"] == len(by_spark)
+    assert {"regions", "boxes", "words", "grounding", "captions"} <= set(scores)
+    assert 0 < scores["boxes"]["f1"] <= 1 and scores["regions"]["true"] > 0
+    # human labels of audit images are withheld from the merge
+    human = read(spark, root, "silver_annotations").filter("round = 1 AND annotator LIKE 'human:%'")
+    assert human.count() > 0 and human.filter(audit_column(0.5)).count() == 0
+
+
+def test_worse_round_is_refused_naming_the_family(spark, world):
+    s, root, res = world
+    gold_before = current_version(spark, root, "gold_fld")
+    cfg = RoundConfig(round=2, specialists=[{"type": "python", "class": "audit_specialists:ShiftedContours"}],
+                      gate=GATE)
+    with pytest.raises(GateFailed) as e:
+        run_round(spark, s, cfg, log=lambda *a: None)
+    before = res["audit"]["regions"]["f1"]
+    msg = str(e.value)
+    assert "audit F1 of regions fell to" in msg and f"from {before:.4f} in published round 1" in msg, msg
+    assert latest_published_round(spark, root) == 1
+    assert current_version(spark, root, "gold_fld") == gold_before
+    assert read(spark, root, "gold_fld").filter("round = 2").count() == 0
+    attempt = read(spark, root, "rounds").filter("round = 2").collect()
+    assert len(attempt) == 1 and not attempt[0].published
+    assert json.loads(attempt[0].audit_json)["regions"]["f1"] < before - GATE.audit.max_f1_drop
+
+
+def test_acceptance_keeps_a_right_model_and_drops_a_wrong_one(spark, world):
+    s, root, res = world
+    models = [{"type": "python", "class": f"audit_specialists:{c}", "kwargs": {"truth": _truth(s)}}
+              for c in ("OracleModel", "LiarModel")]
+    out = run_round(spark, s, RoundConfig(round=3, specialists=models, gate=GATE), log=lambda *a: None)
+    silver = read(spark, root, "silver_annotations").filter("round = 3")
+    assert silver.filter("annotator = 'liar'").count() == 0
+    assert silver.filter("annotator = 'oracle'").count() > 0
+    log = {(r.annotator, r.reason): r.removed for r in read(spark, root, "filter_log")
+           .filter("round = 3 AND step = 'acceptance'").collect()}
+    assert log.get(("liar", "model_uncalibrated_no_agreement"), 0) > 0, log
+    # the oracle is right about labels more often than the contour specialist, so its label wins
+    assert log.get(("contours", "label_overruled_by_model"), 0) > 0, log
+    assert out["published"] and out["audit"]["regions"]["f1"] > res["audit"]["regions"]["f1"]
+    assert latest_published_round(spark, root) == 3
+    assert silver.filter(F.col("annotator") == "contours").count() > 0
+
+
+def test_calibration_finds_the_threshold_for_the_target_precision():
+    cfg = AcceptanceConfig(target_precision=0.9, min_support=3)
+    audited = [(0.99, True), (0.95, True), (0.9, True), (0.8, True), (0.7, False), (0.6, False), (0.5, True)]
+    assert calibrate(audited, cfg) == 0.8
+    assert calibrate([(0.9, False)] * 10, cfg) is None
+    assert calibrate([(0.9, True)] * 2, cfg) is None  # too little support
