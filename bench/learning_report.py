@@ -41,20 +41,46 @@ def main():
                               "epochs=1000", "batch_size=16", "checkpoint_every=500", "log_every=100"])
     ev = evaluate.main(common + [f"--examples-version={tr['examples_version']}", "--model", tr["model_dir"],
                                  "--limit=400", "--synthetic-referring"])
+    ablation = _ablation(home, tr)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "images": args.images,
            "train_minutes_budget": args.minutes, "training": tr["result"], "evaluation": ev["val"],
-           "wall_s": round(time.time() - t0, 1)}
+           "image_ablation": ablation, "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     m, b = ev["val"]["model"], ev["val"]["baseline"]
     lines = ["| metric | tiny model | trivial baseline |", "|---|---|---|"]
     lines += [f"| {k} | {m[k]:.4f} | {b.get(k, float('nan')):.4f} |" for k in sorted(m)]
+    lines += ["", "Image ablation (validation loss with own vs shuffled images; gap > 0 means the model looks):", "",
+              "| task | own images | shuffled | gap |", "|---|---|---|---|"]
+    lines += [f"| {t} | {a['loss_true_images']:.4f} | {a['loss_shuffled_images']:.4f} | {a['gap']:.4f} |"
+              for t, a in sorted(ablation.items())]
     out.with_suffix(".md").write_text(
         f"# Learning report\n\n{args.images} synthetic images, tiny model, {tr['result']['steps']} steps "
         f"({tr['result']['seconds'] / 60:.1f} min, {tr['result']['examples_per_s']:.1f} examples/s) on "
         f"{res['machine']}; validation examples per task: {ev['val']['examples']}\n\n" + "\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
+
+
+def _ablation(home, tr, per_task: int = 32) -> dict:
+    from florence2 import modeling
+    from florence2.evaluation import image_ablation
+    from florence2.recipe import Config
+    from lakehouse.config import load_settings
+    from lakehouse.spark import get_spark
+    from lakehouse.tables import TableRoot, read
+
+    s = load_settings(home=home)
+    rows = (read(get_spark(s), TableRoot(s.tables_root), "training_examples", version=tr["examples_version"])
+            .filter("split = 'val'").select("task", "prompt", "target", "content").orderBy("example_id").collect())
+    model, proc = modeling.load(tr["model_dir"])
+    out = {}
+    for task in sorted({r.task for r in rows}):
+        sel = [r for r in rows if r.task == task][:per_task]
+        if len(sel) >= 2:
+            out[task] = image_ablation(model, proc, [r.content for r in sel], [r.prompt for r in sel],
+                                       [r.target for r in sel], Config().loc_sigma)
+    return out
 
 
 if __name__ == "__main__":

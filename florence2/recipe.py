@@ -48,6 +48,7 @@ class Config:
     mlflow_run_id: str | None = None      # rank 0 logs step metrics into this run
     # From-scratch learning (issue 9): without these the model learns each target from its own
     # prefix and the visual features collapse to a constant, so the image is shut out.
+    scratch_init: bool = True             # florence2.modeling.init_for_scratch on a fresh model
     loc_sigma: float = 8.0                # soft location targets: Gaussian over bins (std in bins); 0 = one-hot
     image_variance: float = 1.0           # weight of the anti-collapse term on the projected visual features
                                           # (a statistic of each rank's batch: Horovod runs differ slightly from one process)
@@ -223,7 +224,7 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
     if cfg.init_from:
         model, proc = modeling.load(cfg.init_from)
     else:
-        model, proc = modeling.create(cfg.model_size, tok, seed=cfg.seed)
+        model, proc = modeling.create(cfg.model_size, tok, seed=cfg.seed, scratch_init=cfg.scratch_init)
     model.to(device).train()
     loc_range = modeling.loc_token_range(tok)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)

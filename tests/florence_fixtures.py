@@ -53,7 +53,7 @@ def train_eight(max_steps: int, stop_loss: float):
     """A tiny model fitted to the 8 examples (teacher forcing, AdamW); returns (model, processor, data)."""
     import torch
 
-    from florence2 import modeling
+    from florence2 import modeling, recipe
     from florence2.tasks import build_prompt
 
     torch.manual_seed(0)
@@ -62,12 +62,15 @@ def train_eight(max_steps: int, stop_loss: float):
     batch = proc.batch([img for img, _ in data], [build_prompt(e.task, e.text, e.region, img.size) for img, e in data],
                        [e.target for _, e in data])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    # the recipe's objective (anti-collapse term included), with one-hot location targets so
+    # that the exact answers are what is learned
+    cfg = recipe.Config(loc_sigma=0.0)
     model.train()
     for _ in range(max_steps):
-        loss = model(**batch).loss
+        total, ce = recipe.step_loss(model, batch, cfg, modeling.loc_token_range(proc.tokenizer))
         opt.zero_grad()
-        loss.backward()
+        total.backward()
         opt.step()
-        if loss.item() < stop_loss:
+        if ce.item() < stop_loss:
             break
     return model.eval(), proc, data

@@ -140,6 +140,7 @@ def _official_layout_checkpoint(path):
     HFProcessor(image_processor=ip, tokenizer=tok, post_processor_config=POST_PROCESSOR_CONFIG).save_pretrained(str(path))
     cfg = modeling.make_config("tiny", len(tok), tok.image_token_id, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     cfg.text_config.max_position_embeddings = 1024   # 577 image tokens + prompt, as the official models
+    cfg.vision_config.patch_stride = [4, 2, 2, 2]      # the official strides (our tiny keeps stride 1 last)
     model = Florence2ForConditionalGeneration(cfg)
     model.resize_token_embeddings(len(tok), 64)
     model.save_pretrained(str(path))
