@@ -131,7 +131,7 @@ def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
     log(f"[round {cfg.round}] acceptance thresholds (target precision {cfg.acceptance.target_precision}): "
         f"{cal.summary()}; label precision on the audit slice: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal.label_precision.items())))
-    marked = apply_acceptance(anns, models, cal)
+    marked = apply_acceptance(anns, models, cal).persist()  # counted, then filtered: decide once
     drops = (marked.filter(F.col("drop_reason").isNotNull())
              .groupBy(F.lit("acceptance").alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))
              .agg(F.count("*").alias("removed")).collect())
