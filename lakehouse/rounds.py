@@ -19,11 +19,11 @@ from lakehouse.config import Settings
 from lakehouse.acceptance import AcceptanceConfig, apply_acceptance, calibrate_models
 from lakehouse.filters import FilterConfig, apply_filters
 from lakehouse.fld import build_gold, human_annotations, publish_gold
-from lakehouse.specialists import from_config, run_specialists
+from lakehouse.specialists import from_config, run_specialists, split_errors
 from lakehouse.statistics import round_statistics
 from lakehouse.tables import TABLES, TableRoot, current_version, ensure_tables, merge_insert, read
 from quality import audit
-from quality.gate import GateConfig, annotations_view, audit_view, gold_view, run_gate
+from quality.gate import GateConfig, annotations_view, audit_view, errors_view, gold_view, run_gate
 
 DEFAULT_SPECIALISTS = ({"type": "tesseract"}, {"type": "rapidocr"}, {"type": "contours"})
 
@@ -91,18 +91,25 @@ def _audit(spark, root: TableRoot, ref: dict, candidate, cfg: RoundConfig, log):
     return scores, checks
 
 
-def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
+def _images(spark, root: TableRoot, cfg: RoundConfig):
     images = read(spark, root, "bronze_images")
     if cfg.image_limit:
         images = images.orderBy("image_id").limit(cfg.image_limit)
+    return images
+
+
+def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
+    """(annotations, specialists, raw specialist output with its error rows); the raw output is
+    persisted so that annotations and errors come from one run of the specialists."""
+    images = _images(spark, root, cfg)
     if cfg.round == 1:
         specialists = from_config(cfg.specialists)
         log(f"[round 1] specialists: {', '.join(f'{s.name}@{s.version}' for s in specialists)} + human labels")
         # human labels of the audit slice are its reference, so they stay out of the merge
         human = human_annotations(spark, root, 1).filter(~audit.audit_column(cfg.gate.audit.fraction))
-        anns = run_specialists(images, specialists, 1).unionByName(
-            human.join(images.select("image_id"), "image_id", "left_semi"))
-        return anns, specialists
+        raw = run_specialists(images, specialists, 1).persist()
+        anns = split_errors(raw)[0].unionByName(human.join(images.select("image_id"), "image_id", "left_semi"))
+        return anns, specialists, raw
     if not cfg.model and not cfg.specialists:
         raise ValueError(f"round {cfg.round} needs --model (the Florence-2 model trained on round {cfg.round - 1}) "
                          "or specialists to refine with")
@@ -114,11 +121,11 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
     prev = read(spark, root, "silver_annotations").filter(F.col("round") == base)
     specialists = from_config(([{"type": "florence2", "model": cfg.model}] if cfg.model else []) + list(cfg.specialists or []))
     log(f"[round {cfg.round}] refining published round {base} with {', '.join(s.name for s in specialists)}")
-    fresh = run_specialists(images, specialists, cfg.round)
+    raw = run_specialists(images, specialists, cfg.round).persist()
     # an annotator that runs again replaces what it said last round
     carried = (prev.filter(~F.col("annotator").isin([sp.name for sp in specialists]))
                .withColumn("round", F.lit(cfg.round)).join(images.select("image_id"), "image_id", "left_semi"))
-    return carried.unionByName(fresh), specialists
+    return carried.unionByName(split_errors(raw)[0]), specialists, raw
 
 
 def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
@@ -147,9 +154,15 @@ def run_round(spark, settings: Settings, cfg: RoundConfig, log=print) -> dict:
     root = TableRoot(settings.tables_root)
     ensure_tables(spark, root)
     t0 = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    anns, specialists = _annotate(spark, root, cfg, log)
+    anns, specialists, raw = _annotate(spark, root, cfg, log)
     anns = anns.persist()
-    log(f"[round {cfg.round}] annotate: {anns.count()} annotations")
+    errors = split_errors(raw)[1]
+    n_images = _images(spark, root, cfg).count()
+    error_counts = {r["annotator"]: r["n"] for r in errors.groupBy("annotator").agg(F.count("*").alias("n")).collect()}
+    log(f"[round {cfg.round}] annotate: {anns.count()} annotations of {n_images} images"
+        + ("; errors (image skipped by that specialist, see annotation_errors): "
+           + ", ".join(f"{k} {v}" for k, v in sorted(error_counts.items())) if error_counts else ""))
+    _replace_round(root, "annotation_errors", errors, cfg.round)
     ref = audit_reference(spark, root, settings, cfg.gate.audit.fraction)
     accepted, accept_drops = _accept(anns, ref, specialists, cfg, log)
     kept, removed = apply_filters(accepted, cfg.filters)
@@ -170,6 +183,7 @@ def run_round(spark, settings: Settings, cfg: RoundConfig, log=print) -> dict:
     views = {"annotations": annotations_view(silver, read(spark, root, "bronze_images")), "gold": gold_view(candidate)}
     if checks:
         views["audit"] = audit_view(spark, checks)
+    views["errors"] = errors_view(spark, [s.name for s in specialists], n_images, error_counts)
     gate = run_gate(spark, root, settings.home, cfg.round, views, cfg.gate)
     log(gate.summary())
     stats = round_statistics(candidate, silver)
@@ -180,6 +194,7 @@ def run_round(spark, settings: Settings, cfg: RoundConfig, log=print) -> dict:
            json.dumps([f"{s.name}@{s.version}" for s in specialists]), json.dumps(stats), json.dumps(gate.per_suite, default=str), json.dumps(scores))
     merge_insert(spark, root, "rounds", spark.createDataFrame([row], TABLES["rounds"].schema), ["round", "attempt_at"])
     anns.unpersist()
+    raw.unpersist()
     kept.unpersist()
     candidate.unpersist()
     result = {"round": cfg.round, "published": gate.success, "gate": gate, "stats": stats, "audit": scores,

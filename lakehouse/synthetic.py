@@ -169,6 +169,11 @@ def make_scene(rng: random.Random, scene_id: str) -> tuple[Scene, Image.Image]:
     return scene, img
 
 
+def _number(n: int) -> str:
+    """A count in words where the ladder has one, digits beyond (real photos can have dozens of regions)."""
+    return NUMBERS[n] if 0 <= n < len(NUMBERS) else str(n)
+
+
 def _groups(objects):
     groups: dict[tuple[str, str], list[SceneObject]] = {}
     for o in objects:
@@ -238,21 +243,21 @@ def describe(scene: Scene) -> None:
     # detailed: every object with size and position, and the words
     d = _Builder("detailed", scene)
     n = len(objs)
-    d.add(f"The image shows {NUMBERS[n] if n < len(NUMBERS) else n} shape{'s' if n != 1 else ''} on a {scene.background} background.")
+    d.add(f"The image shows {_number(n)} shape{'s' if n != 1 else ''} on a {scene.background} background.")
     salient = sorted(objs, key=lambda o: -(o.bbox[2] - o.bbox[0]) * (o.bbox[3] - o.bbox[1]))[:2]
     for o in sorted(salient, key=lambda o: o.id):
         d.add(" There is ")
         d.add(_obj_phrase(o), [o.id])
         d.add(f" {_where(o.position)}.")
     if n > len(salient):
-        d.add(f" {NUMBERS[n - len(salient)].capitalize()} smaller shape{'s are' if n - len(salient) > 1 else ' is'} also visible.")
+        d.add(f" {_number(n - len(salient)).capitalize()} smaller shape{'s are' if n - len(salient) > 1 else ' is'} also visible.")
     for wd in scene.words:
         d.add(f' The word "{wd.text}" is written in {wd.color} letters.')
     scene.captions["detailed"] = d.text()
 
     # more detailed: a paragraph with overlaps, colour counts and layout
     m = _Builder("more_detailed", scene)
-    m.add(f"This is a simple drawing on a plain {scene.background} background, with {NUMBERS[n] if n < len(NUMBERS) else n} "
+    m.add(f"This is a simple drawing on a plain {scene.background} background, with {_number(n)} "
           f"geometric shape{'s' if n != 1 else ''} spread across the picture.")
     for o in objs:
         w = _where(o.position)
@@ -268,7 +273,7 @@ def describe(scene: Scene) -> None:
         colors[o.color] = colors.get(o.color, 0) + 1
     if colors:
         top = max(colors.items(), key=lambda kv: (kv[1], kv[0]))
-        m.add(f" The most common colour is {top[0]}, used for {NUMBERS[top[1]] if top[1] < len(NUMBERS) else top[1]} of the shapes.")
+        m.add(f" The most common colour is {top[0]}, used for {_number(top[1])} of the shapes.")
     if scene.words:
         quoted = " and ".join(f'"{wd.text}"' for wd in scene.words)
         m.add(f" Some text is printed on the image: {quoted}, in {scene.words[0].color} capital letters.")

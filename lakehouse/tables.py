@@ -188,6 +188,16 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
         description="What each filter step removed per round, kind, annotator and reason.",
     ),
     TableDef(
+        "annotation_errors",
+        T.StructType([
+            _f("round", I, False), _f("image_id", S, False), _f("annotator", S, False), _f("annotator_version", S),
+            _f("error", S, False), _f("logged_at", TS),
+        ]),
+        partition_by=("round",),
+        description="Per round, each (image, specialist) that raised or timed out, with the reason; "
+                    "the round went on without that output.",
+    ),
+    TableDef(
         "rounds",
         T.StructType([
             _f("round", I, False), _f("attempt_at", TS, False), _f("published", T.BooleanType(), False),

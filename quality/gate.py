@@ -28,6 +28,8 @@ class GateConfig:
                                                          "caption_more_detailed": (10, 250)})
     max_regions_per_image: int = 40
     min_mean_regions_per_image: float = 0.5
+    # share of a round's images on which one specialist may raise or time out (annotation_errors)
+    max_specialist_error_rate: float = 0.05
     audit: AuditConfig = field(default_factory=AuditConfig)
 
 
@@ -37,8 +39,9 @@ def annotations_view(silver: DataFrame, images: DataFrame) -> DataFrame:
     v = silver.join(images.select("image_id", "width", "height"), "image_id", "left")
     cols = [F.col("bbox")[i].alias(n) for i, n in enumerate(("x0", "y0", "x1", "y1"))]
     cols += [F.when(F.col("kind") == k, words).alias(f"words_{k}") for k in CAPTION_KINDS]
-    cols.append(F.when(F.col("kind").isin(*CAPTION_KINDS), F.concat_ws("|", "image_id", "kind", "annotator"))
-                .alias("caption_key"))
+    # one caption per image, granularity and specialist; human sources may carry several (COCO has five)
+    cols.append(F.when(F.col("kind").isin(*CAPTION_KINDS) & ~F.col("annotator").startswith("human:"),
+                       F.concat_ws("|", "image_id", "kind", "annotator")).alias("caption_key"))
     return v.select("annotation_id", "image_id", "round", "kind", "annotator", "confidence", "width", "height", *cols)
 
 
@@ -79,7 +82,9 @@ def suites(cfg: GateConfig) -> dict[str, list]:
     ]
     # one row per annotation family scored in this round and the latest published one (quality.audit)
     audit = [gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="f1", column_B="floor", or_equal=True)]
-    return {"annotations": ann, "gold": gold, "audit": audit}
+    errors = [gxe.ExpectColumnValuesToBeBetween(column="error_rate", min_value=0.0,
+                                                max_value=cfg.max_specialist_error_rate)]
+    return {"annotations": ann, "gold": gold, "audit": audit, "errors": errors}
 
 
 def audit_view(spark, rows: list[dict]) -> DataFrame:
@@ -90,6 +95,17 @@ def audit_view(spark, rows: list[dict]) -> DataFrame:
                            T.StructField("published_round", T.IntegerType())])
     return spark.createDataFrame([(r["family"], r["f1"], r["published_f1"], r["floor"], r["published_round"])
                                   for r in rows], schema)
+
+
+def errors_view(spark, annotators: list[str], images: int, errors: dict[str, int]) -> DataFrame:
+    """One row per specialist of the round: images it was given, how many failed, the rate."""
+    from pyspark.sql import types as T
+
+    schema = T.StructType([T.StructField("annotator", T.StringType()), T.StructField("images", T.LongType()),
+                           T.StructField("errors", T.LongType()), T.StructField("error_rate", T.DoubleType())])
+    names = list(dict.fromkeys(list(annotators) + sorted(errors)))  # "decode" errors are not a specialist
+    return spark.createDataFrame([(a, int(images), int(errors.get(a, 0)), errors.get(a, 0) / max(images, 1))
+                                  for a in names], schema)
 
 
 @dataclass
@@ -165,6 +181,10 @@ def run_gate(spark, root: TableRoot, home: Path, round_: int, views: dict[str, D
             details = [f"audit F1 of {r['family']} fell to {r['f1']:.4f} from {r['published_f1']:.4f} in published round "
                        f"{r['published_round']} (allowed down to {r['floor']:.4f})"
                        for r in df.filter("f1 < floor").collect()]
+        if name == "errors" and not vr.success:
+            details = [f"specialist {r['annotator']} failed on {r['errors']} of {r['images']} images "
+                       f"(rate {r['error_rate']:.3f}, allowed {cfg.max_specialist_error_rate:.3f}; see annotation_errors)"
+                       for r in df.filter(F.col("error_rate") > cfg.max_specialist_error_rate).collect()]
         per_suite[name] = {"success": bool(vr.success), "evaluated": len(vr.results), "failed": failed,
                            "details": details, "statistics": dict(vr.statistics)}
     sites = ctx.get_docs_sites_urls()

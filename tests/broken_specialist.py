@@ -10,3 +10,21 @@ class BrokenCaptioner(Specialist):
     def annotate(self, image, image_id):
         return [{"kind": "caption_brief", "text": "A cat on a mat.", "confidence": 0.9},
                 {"kind": "caption_brief", "text": " ".join(["a very long red circle caption"] * 12), "confidence": 0.9}]
+
+
+class FlakyRegions(Specialist):
+    """One region per image; raises on the images in ``fail_on`` and hangs on those in ``hang_on``."""
+
+    name, version, kinds = "flaky", "1", ("region",)
+
+    def __init__(self, fail_on=(), hang_on=(), timeout_s: float = 120.0):
+        self.fail_on, self.hang_on, self.timeout_s = list(fail_on), list(hang_on), timeout_s
+
+    def annotate(self, image, image_id):
+        if image_id in self.fail_on:
+            raise IndexError("list index out of range")
+        if image_id in self.hang_on:
+            import time
+
+            time.sleep(600)
+        return [{"kind": "region", "text": "circle", "bbox": [1, 1, 20, 20], "confidence": 0.9}]

@@ -142,6 +142,27 @@ def test_failing_gate_keeps_previous_round(spark, engine):
     assert q and all(r.docs_path and r.docs_path.endswith("index.html") for r in q)
 
 
+def test_a_specialist_failing_on_some_images_is_counted_not_fatal(spark, engine):
+    """One image raises, one hangs past the specialist's deadline: the round goes on with the other
+    eight, counts both in annotation_errors, and the gate bounds the error rate."""
+    s, root, _ = engine
+    spark.sparkContext.addPyFile(str(__import__("pathlib").Path(__file__).with_name("broken_specialist.py")))
+    ids = [r.image_id for r in read(spark, root, "bronze_images").orderBy("image_id").limit(10).collect()]
+    flaky = {"type": "python", "class": "broken_specialist:FlakyRegions",
+             "kwargs": {"fail_on": [ids[3]], "hang_on": [ids[7]], "timeout_s": 3}}
+    gold_before = current_version(spark, root, "gold_fld")
+    with pytest.raises(GateFailed) as e:
+        run_round(spark, s, RoundConfig(round=2, specialists=[flaky], image_limit=10), log=lambda *a: None)
+    assert "specialist flaky failed on 2 of 10 images" in str(e.value)
+    errors = read(spark, root, "annotation_errors").filter("round = 2").collect()
+    assert sorted((r.image_id, r.error.split(":")[0]) for r in errors) == sorted(
+        [(ids[3], "IndexError"), (ids[7], "AnnotationTimeout")])
+    annotated = {r.image_id for r in read(spark, root, "silver_annotations")
+                 .filter("round = 2 AND annotator = 'flaky'").select("image_id").collect()}
+    assert annotated == set(ids) - {ids[3], ids[7]}
+    assert latest_published_round(spark, root) == 1 and current_version(spark, root, "gold_fld") == gold_before
+
+
 def test_statistics_report(spark, engine, tmp_path):
     from lakehouse.statistics import write_report
 

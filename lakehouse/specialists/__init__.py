@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from lakehouse.specialists.base import Specialist, run_specialists
+from lakehouse.specialists.base import Specialist, run_specialists, split_errors
 
 REGISTRY = {
     "tesseract": "lakehouse.specialists.ocr:TesseractOCR",
@@ -41,4 +41,4 @@ def from_config(entries: list[dict]) -> list[Specialist]:
     return out
 
 
-__all__ = ["Specialist", "from_config", "run_specialists", "REGISTRY"]
+__all__ = ["Specialist", "from_config", "run_specialists", "split_errors", "REGISTRY"]

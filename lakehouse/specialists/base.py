@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import signal
+import threading
 from typing import Iterator
 
 from pyspark.sql import DataFrame
@@ -22,6 +25,8 @@ class Specialist:
     is_model = False
     version = "0"
     kinds: tuple[str, ...] = ()
+    # one image's wall-clock budget; past it the image is an annotation error, not a stuck round
+    timeout_s: float = 120.0
 
     def config_key(self) -> str:
         return f"{self.name}@{self.version}:{json.dumps(vars(self), sort_keys=True, default=str)}"
@@ -73,26 +78,91 @@ def provenance_rows(image_id: str, width: int, height: int, sp: Specialist, anns
     return rows
 
 
+class AnnotationTimeout(Exception):
+    """A specialist took longer than its ``timeout_s`` on one image."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None):
+    # SIGALRM interrupts Python code and waits on subprocesses; it exists only in the main thread,
+    # which is where Spark's Python worker runs mapInPandas
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise AnnotationTimeout(f"no answer within {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def error_text(exc: BaseException) -> str:
+    """A short, single-line reason: the exception class and the first 300 characters of its message."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg[:300]}" if msg else type(exc).__name__
+
+
+# mapInPandas output: silver's columns plus ``error``, set on rows that stand for one failed
+# (image, specialist); ``split_errors`` separates them
+ANNOTATE_SCHEMA = T.StructType(TABLES["silver_annotations"].schema.fields + [T.StructField("error", T.StringType())])
+
+
+def _error_row(image_id: str, annotator: str, version: str, round_: int, now, error: str) -> dict:
+    # every column explicitly None: a missing key becomes NaN in pandas, which Arrow refuses for arrays
+    return dict.fromkeys(ANNOTATE_SCHEMA.fieldNames()) | {
+        "annotation_id": annotation_id(image_id, annotator, {"kind": "error"}), "image_id": image_id,
+        "round": round_, "kind": "error", "annotator": annotator, "annotator_version": version,
+        "created_at": now, "error": error}
+
+
 def _annotate_partition(specialists, round_, batches) -> Iterator:
     import pandas as pd
 
     from lakehouse.images import decode_rgb
 
-    cols = TABLES["silver_annotations"].schema.fieldNames()
+    cols = ANNOTATE_SCHEMA.fieldNames()
     for pdf in batches:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         rows = []
         for r in pdf.itertuples(index=False):
-            img = decode_rgb(r.content)
+            try:
+                img = decode_rgb(r.content)
+            except Exception as e:  # bronze was validated, but a round must not die on one image
+                rows.append(_error_row(r.image_id, "decode", "-", round_, now, error_text(e)))
+                continue
             for sp in specialists:
-                rows += provenance_rows(r.image_id, r.width, r.height, sp, sp.annotate(img, r.image_id), round_, now)
+                try:
+                    with _deadline(sp.timeout_s):
+                        anns = sp.annotate(img, r.image_id)
+                    rows += provenance_rows(r.image_id, r.width, r.height, sp, anns, round_, now)
+                except Exception as e:  # one (image, specialist) fails, the round goes on without it
+                    rows.append(_error_row(r.image_id, sp.name, str(sp.version), round_, now, error_text(e)))
         yield pd.DataFrame(rows, columns=cols)
 
 
 def run_specialists(images: DataFrame, specialists: list[Specialist], round_: int) -> DataFrame:
-    """Annotate ``images`` (image_id, content, width, height) with every specialist, inside Spark."""
+    """Annotate ``images`` (image_id, content, width, height) with every specialist, inside Spark.
+
+    The result has silver's columns plus ``error``: a specialist that raises or times out on an
+    image gives one row with ``error`` set instead of annotations (see ``split_errors``).
+    """
     import functools
 
-    schema: T.StructType = TABLES["silver_annotations"].schema
     fn = functools.partial(_annotate_partition, specialists, round_)
-    return images.select("image_id", "content", "width", "height").mapInPandas(fn, schema=schema)
+    return images.select("image_id", "content", "width", "height").mapInPandas(fn, schema=ANNOTATE_SCHEMA)
+
+
+def split_errors(annotated: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(annotations in silver's schema, ``annotation_errors`` rows) of ``run_specialists``' output."""
+    from pyspark.sql import functions as F
+
+    anns = annotated.filter(F.col("error").isNull()).drop("error")
+    errors = annotated.filter(F.col("error").isNotNull()).select(
+        "round", "image_id", "annotator", "annotator_version", "error", F.col("created_at").alias("logged_at"))
+    return anns, errors

@@ -39,7 +39,7 @@ class TesseractOCR(Specialist):
         buf = io.BytesIO()
         image.save(buf, "PNG")
         out = subprocess.run(["tesseract", "stdin", "stdout", "--psm", str(self.psm), "-l", self.lang, "tsv"],
-                             input=buf.getvalue(), capture_output=True, check=True).stdout.decode("utf-8", "replace")
+                             input=buf.getvalue(), capture_output=True, check=True, timeout=self.timeout_s).stdout.decode("utf-8", "replace")
         words = []
         for r in csv.DictReader(io.StringIO(out), delimiter="\t", quoting=csv.QUOTE_NONE):
             text = (r.get("text") or "").strip()
