@@ -33,13 +33,16 @@ from lakehouse.examples import synthetic_rows, write_recipe_data  # noqa: E402
 
 TASKS = ["<CAPTION>", "<OD>"]
 GRID_4x4 = (4, 2, 2, 2)
+NO_REGIONS = dict(region_cells=0.0, region_attention=0.0)
 # each variant adds one lever to the one before; the last is the recipe's default
 VARIANTS = [
-    ("before (issue 9)", dict(image_variance=0.0, loc_sigma=0.0, scratch_init=False), GRID_4x4),
-    ("+ anti-collapse term", dict(image_variance=1.0, loc_sigma=0.0, scratch_init=False), GRID_4x4),
-    ("+ scratch init (grid positions, ordinal <loc>)", dict(image_variance=1.0, loc_sigma=0.0, scratch_init=True), GRID_4x4),
-    ("+ soft location targets", dict(image_variance=1.0, loc_sigma=8.0, scratch_init=True), GRID_4x4),
-    ("+ 8x8 grid (the default)", dict(), None),
+    ("before (issue 9)", dict(image_variance=0.0, loc_sigma=0.0, scratch_init=False) | NO_REGIONS, GRID_4x4),
+    ("+ anti-collapse term", dict(image_variance=1.0, loc_sigma=0.0, scratch_init=False) | NO_REGIONS, GRID_4x4),
+    ("+ scratch init (grid positions, ordinal <loc>)", dict(image_variance=1.0, loc_sigma=0.0, scratch_init=True) | NO_REGIONS, GRID_4x4),
+    ("+ soft location targets", dict(image_variance=1.0, loc_sigma=8.0, scratch_init=True) | NO_REGIONS, GRID_4x4),
+    ("+ 8x8 grid", NO_REGIONS, None),
+    ("+ region cells", dict(region_attention=0.0), None),
+    ("+ region attention (the default)", dict(), None),
 ]
 
 

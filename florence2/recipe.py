@@ -53,6 +53,12 @@ class Config:
     image_variance: float = 1.0           # weight of the anti-collapse term on the projected visual features
                                           # (a statistic of each rank's batch: Horovod runs differ slightly from one process)
     image_variance_floor: float = 0.5     # per-feature std across the batch below which the term pushes back
+    # Region supervision from the targets themselves (every `label<loc>x4` box in a target): without
+    # it the decoder learns box marginals and never finds out where to look (issue 9's probes).
+    region_cells: float = 1.0             # each image token inside a target box predicts that box's label
+                                          # through the tied output layer (background tokens predict </s>)
+    region_attention: float = 1.0         # the decoder's cross-attention, while it writes a box and its
+                                          # label, is pulled onto the image tokens inside that box
 
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
@@ -100,13 +106,24 @@ class Dist:
 
         return int(self.hvd.allreduce(torch.tensor(value), op=self.hvd.Sum, name=name).item())
 
+    def allreduce_max(self, value: float, name: str) -> float:
+        if not self.hvd:
+            return value
+        import torch
 
-def lr_factor(step: int, cfg: Config) -> float:
+        return float(self.hvd.allreduce(torch.tensor(float(value)), op=self.hvd.Max, name=name).item())
+
+
+def lr_factor(step: int, cfg: Config, minutes: float | None = None) -> float:
+    """Warm-up in steps, then the schedule over whichever budget ends first: ``max_steps``, or
+    ``max_minutes`` of training time (``minutes`` so far), so a time-budgeted run still decays."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
     frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.max_minutes and minutes is not None:
+        frac = max(frac, minutes / cfg.max_minutes)
     return max(0.0, 1 - frac) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
@@ -151,20 +168,114 @@ def image_variance_loss(features, floor: float):
     return torch.relu(floor - std).mean()
 
 
+def target_boxes(labels, loc_range: tuple[int, int], skip_ids) -> list[list[tuple[int, tuple, list[int]]]]:
+    """The boxes a batch of targets names: per example, (first token of the box's text, (x0, y0, x1, y1)
+    in bins, positions in the target of the text and the four location tokens).  Only text followed by
+    four location tokens that form a box counts (OD, dense captions, grounding, open-vocabulary
+    detection); quads and polygons do not form boxes and are skipped."""
+    a, b = loc_range
+    out = []
+    for row in labels.tolist():
+        boxes, word, span, locs, new = [], None, [], [], True
+        for pos, t in enumerate(row):
+            if a <= t < b:
+                locs.append(t - a)
+                span.append(pos)
+                if len(locs) == 4:
+                    x0, y0, x1, y1 = locs
+                    if word is not None and x1 > x0 and y1 > y0:
+                        boxes.append((word, (x0, y0, x1, y1), span))
+                    locs, span = [], []
+                new = True
+            elif t < 0 or t in skip_ids:
+                locs, span = [], []
+            else:
+                locs = []
+                if new:  # the first text token after a box starts the next label
+                    word, span, new = t, [], False
+                span.append(pos)
+        out.append(boxes)
+    return out
+
+
+def box_cells(box: tuple, grid: int):
+    """Boolean mask over a grid x grid image-token layout (row-major) of the cells whose centres lie
+    in the box (bins of 1,000); a box smaller than a cell gets the cell of its centre."""
+    import torch
+
+    x0, y0, x1, y1 = box
+    c = (torch.arange(grid) + 0.5) * 1000 / grid
+    m = ((c[:, None] >= y0) & (c[:, None] <= y1) & (c[None, :] >= x0) & (c[None, :] <= x1)).flatten()
+    if not bool(m.any()):
+        m[min(grid - 1, int((y0 + y1) / 2 * grid / 1000)) * grid + min(grid - 1, int((x0 + x1) / 2 * grid / 1000))] = True
+    return m
+
+
+def _per_example_mean(values, mask):
+    """Each example's mean over its masked entries, averaged over the whole batch (examples with none
+    count as 0), so that averaging ranks' values equals one process over the union of their batches."""
+    m = mask.float()
+    return ((values * m).sum(1) / m.sum(1).clamp(min=1)).mean()
+
+
+def region_losses(model, out, inputs: dict, loc_range, cfg: Config):
+    """(cell term, attention term) of the region supervision (``Config.region_cells`` / ``region_attention``);
+    both are per-example means like ``example_loss``, so Horovod ranks average to the one-process value."""
+    import torch
+    import torch.nn.functional as F
+
+    zero = out.logits.new_zeros(())
+    labels = inputs["labels"]
+    text = model.config.text_config
+    per_example = target_boxes(labels, loc_range, {text.bos_token_id, text.eos_token_id, text.pad_token_id})
+    if not any(per_example):
+        return zero, zero
+    is_image = inputs["input_ids"] == model.config.image_token_id
+    n_image = int(is_image[0].sum())
+    grid = int(round(math.sqrt(n_image - 1)))  # the projector's global token comes first, then the grid
+    first = int(is_image[0].nonzero()[0]) + 1
+    cells = torch.full((labels.shape[0], grid * grid), -100, dtype=torch.long, device=labels.device)
+    where = torch.zeros(labels.shape + (grid * grid,), dtype=torch.bool, device=labels.device)
+    for i, boxes in enumerate(per_example):
+        if not boxes:
+            continue
+        cells[i] = text.eos_token_id
+        for word, box, span in sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1])):
+            m = box_cells(box, grid).to(labels.device)
+            cells[i][m] = word  # larger boxes first: a smaller box in front keeps its own cells
+            where[i, span] = m
+    cell_term = zero
+    if cfg.region_cells > 0:
+        enc = out.encoder_last_hidden_state[:, first:first + grid * grid]
+        ce = F.cross_entropy(model.lm_head(enc).float().transpose(1, 2), cells, ignore_index=-100, reduction="none")
+        cell_term = _per_example_mean(ce, cells != -100)
+    attn_term = zero
+    supervised = where.any(-1)
+    if cfg.region_attention > 0 and out.cross_attentions and bool(supervised.any()):
+        # mean over layers and heads of the attention paid to each grid token
+        att = torch.stack([c[..., first:first + grid * grid] for c in out.cross_attentions]).float().mean((0, 2))
+        attn_term = _per_example_mean(-torch.log((att * where.float()).sum(-1) + 1e-6), supervised)
+    return cell_term, attn_term
+
+
 def step_loss(model, inputs: dict, cfg: Config, loc_range=None):
     """The training objective of one (micro-)batch: (total, task cross-entropy)."""
     captured = []
     hook = None
     if cfg.image_variance > 0:
         hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
+    regions = loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0)
     try:
         labels = inputs["labels"]
-        logits = model(**inputs).logits
+        out = model(**inputs, output_attentions=regions and cfg.region_attention > 0)
     finally:
         if hook is not None:
             hook.remove()
-    ce = example_loss(logits, labels, loc_range, cfg.loc_sigma)
+    ce = example_loss(out.logits, labels, loc_range, cfg.loc_sigma)
     total = ce + cfg.image_variance * image_variance_loss(captured[0], cfg.image_variance_floor) if captured else ce
+    if regions:
+        cell_term, attn_term = region_losses(model, out, inputs, loc_range, cfg)
+        total = total + cfg.region_cells * cell_term + cfg.region_attention * attn_term
     return total, ce
 
 
@@ -225,21 +336,21 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
         model, proc = modeling.load(cfg.init_from)
     else:
         model, proc = modeling.create(cfg.model_size, tok, seed=cfg.seed, scratch_init=cfg.scratch_init)
+    if cfg.region_attention > 0:
+        model.set_attn_implementation("eager")  # the only implementation that returns attention weights
     model.to(device).train()
     loc_range = modeling.loc_token_range(tok)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    step, epoch = 0, 0
+    step, epoch, prior_s = 0, 0, 0.0
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:  # resume: every rank loads the same files
         state = torch.load(latest / "state.pt", map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, epoch = state["step"], state["epoch"]
+        step, epoch, prior_s = state["step"], state["epoch"], state.get("seconds", 0.0)
         torch.set_rng_state(state["rng"])
         if dist.rank == 0:
             log(f"[train] resumed from {latest} at step {step}")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg), last_epoch=step - 1) if step else \
-        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     if dist.hvd:
         dist.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         dist.hvd.broadcast_optimizer_state(opt, root_rank=0)
@@ -249,8 +360,21 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
     mlflow_run = _mlflow(cfg) if dist.rank == 0 else None
     batches_fn = _batches_petastorm if cfg.source == "petastorm" else _batches_files
     t0, seen, history = time.time(), 0, []
+
+    def minutes() -> float:  # training time, across resumes
+        return (prior_s + time.time() - t0) / 60
+
+    def set_lr() -> float:
+        # every rank must use the same rate: the slowest clock decides
+        lr = cfg.lr * lr_factor(step, cfg, dist.allreduce_max(minutes(), name=f"minutes_{step}")
+                                if cfg.max_minutes else None)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    lr = set_lr()
     while step < cfg.max_steps and epoch < cfg.epochs and not (
-            cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes):
+            cfg.max_minutes is not None and minutes() > cfg.max_minutes):
         it = batches_fn(data, cfg, dist, epoch, proc)
         rows_read, micro, training = None, 0, True
         for item in it:
@@ -260,7 +384,7 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
             if training:
                 # every rank must take the same number of steps, or the others hang in allreduce:
                 # all ranks vote each step, and the first rank out of data ends the epoch for all
-                out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+                out_of_time = cfg.max_minutes is not None and minutes() > cfg.max_minutes
                 training = dist.allreduce_min(0 if is_end or step >= cfg.max_steps or out_of_time else 1) == 1
             if is_end:
                 break
@@ -285,20 +409,21 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
             with opt.skip_synchronize() if dist.hvd else _null():
                 opt.step()
             opt.zero_grad()  # Horovod's optimizer takes no set_to_none
-            sched.step()
             step += 1
+            lr = set_lr()
             value = ce.item()  # the task loss; the anti-collapse term is not part of it
             history.append(value)
             if dist.rank == 0 and (step % cfg.log_every == 0 or step == 1):
                 rate = seen / (time.time() - t0)
-                log(f"[train] step {step}/{cfg.max_steps} epoch {epoch} loss {value:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                    f"{rate:.1f} examples/s")
+                budget = (f"{minutes():.1f}/{cfg.max_minutes:g} min" if cfg.max_minutes and cfg.max_steps >= 10**5
+                          else f"{step}/{cfg.max_steps}")
+                log(f"[train] step {step} ({budget}) epoch {epoch} loss {value:.4f} lr {lr:.2e} {rate:.1f} examples/s")
                 if mlflow_run:
                     import mlflow
 
-                    mlflow.log_metrics({"loss": value, "lr": sched.get_last_lr()[0], "examples_per_s": rate}, step=step)
+                    mlflow.log_metrics({"loss": value, "lr": lr, "examples_per_s": rate}, step=step)
             if dist.rank == 0 and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                _save_checkpoint(ckpt_dir, model, opt, step, epoch)
+                _save_checkpoint(ckpt_dir, model, opt, step, epoch, minutes() * 60)
         if rows_read is None:
             raise RuntimeError("reader ended without a row count")
         partial = dist.allreduce_min(0 if rows_read < 0 else 1) == 0
@@ -311,7 +436,7 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
     if dist.rank == 0:
         final = out / "model"
         modeling.save(model, proc, final)
-        _save_checkpoint(ckpt_dir, model, opt, step, epoch)
+        _save_checkpoint(ckpt_dir, model, opt, step, epoch, minutes() * 60)
         (out / "result.json").write_text(json.dumps(result))
         log(f"[train] done: {result}")
         if mlflow_run and os.environ.get("FLD_RECIPE_OWNS_RUN") == "1":
@@ -346,7 +471,7 @@ def _latest_checkpoint(ckpt_dir: Path):
     return cands[-1] if cands else None
 
 
-def _save_checkpoint(ckpt_dir: Path, model, opt, step: int, epoch: int) -> None:
+def _save_checkpoint(ckpt_dir: Path, model, opt, step: int, epoch: int, seconds: float) -> None:
     import torch
 
     dest = ckpt_dir / f"step-{step:07d}"
@@ -354,7 +479,7 @@ def _save_checkpoint(ckpt_dir: Path, model, opt, step: int, epoch: int) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     inner = getattr(opt, "_opt", opt)
     torch.save({"model": model.state_dict(), "optimizer": inner.state_dict(), "step": step, "epoch": epoch,
-                "rng": torch.get_rng_state()}, tmp / "state.pt")
+                "seconds": seconds, "rng": torch.get_rng_state()}, tmp / "state.pt")
     if dest.exists():
         import shutil
 

@@ -33,3 +33,55 @@ def test_trained_model_uses_the_image(trained):
     ab = image_ablation(model, proc, [r["content"] for r in held_out], [r["prompt"] for r in held_out],
                         [r["target"] for r in held_out], cfg.loc_sigma)
     assert ab["gap"] > 0.005, ab
+
+
+def test_region_supervision_reads_boxes_from_targets():
+    """Boxes come from `text<loc>x4` in any target; quads and polygons give none."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    from florence2.locations import box_tokens
+
+    tok = tokenizer()
+    proc = modeling.create("tiny", tok)[1]
+    targets = ["circle" + box_tokens([10, 20, 60, 90], (100, 100)) + "red square" + box_tokens([50, 50, 52, 51], (100, 100)),
+               "SALE<loc_10><loc_10><loc_90><loc_10><loc_90><loc_30><loc_10><loc_30>",   # an OCR quad
+               "<loc_1><loc_2><loc_300><loc_4><loc_5><loc_600>",                         # a polygon
+               "a red circle on a white background"]
+    labels = proc.batch([], ["<OD>"] * 4, targets)["labels"]
+    boxes = recipe.target_boxes(labels, modeling.loc_token_range(tok), {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id})
+    assert [b[1] for b in boxes[0]] == [(100, 200, 600, 900), (500, 500, 520, 510)] and boxes[1:] == [[], [], []]
+    first_of = tok.convert_tokens_to_ids
+    assert boxes[0][0][0] == tok("circle", add_special_tokens=False).input_ids[0]
+    assert boxes[0][1][0] == tok("red square", add_special_tokens=False).input_ids[0] != first_of("<loc_500>")
+    # positions cover the label and its four location tokens (label position 0 is <s>)
+    assert boxes[0][0][2][0] == 1 and len(boxes[0][0][2]) == 5
+    cells = recipe.box_cells((100, 200, 600, 900), 8)
+    rows, cols = cells.view(8, 8).nonzero().unbind(1)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 6, 1, 4)
+    assert int(recipe.box_cells((500, 500, 520, 510), 8).sum()) == 1  # smaller than a cell: its centre cell
+
+
+@pytest.fixture(scope="module")
+def trained_od(tmp_path_factory):
+    d = tmp_path_factory.mktemp("learn-od")
+    data = write_recipe_data(synthetic_rows(1500, 33, ["<OD>"]), d / "data", vocab_size=800)
+    runs = {}
+    for name, over in (("recipe", {}), ("without region terms", {"region_cells": 0.0, "region_attention": 0.0})):
+        cfg = recipe.Config(source="files", max_steps=250, batch_size=16, lr=1e-3, warmup_steps=20,
+                            checkpoint_every=0, log_every=100, output_dir=str(d / name.replace(" ", "-")), **over)
+        recipe.train(cfg, data)
+        runs[name] = modeling.load(d / name.replace(" ", "-") / "model")
+    return runs
+
+
+def test_region_terms_make_detection_look_at_the_image(trained_od):
+    """On <OD> the task loss alone barely uses the image; the region terms make it depend on it."""
+    held_out = synthetic_rows(64, 34, ["<OD>"])
+    gaps = {name: image_ablation(model, proc, [r["content"] for r in held_out], [r["prompt"] for r in held_out],
+                                 [r["target"] for r in held_out], recipe.Config().loc_sigma)["gap"]
+            for name, (model, proc) in trained_od.items()}
+    assert gaps["recipe"] > 0.05 and gaps["recipe"] > 5 * gaps["without region terms"], gaps

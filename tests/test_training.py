@@ -92,6 +92,7 @@ def test_horovod_two_processes_equal_one_process_with_twice_the_batch(pinned, tm
     s, *_ = pinned
     data = s.home / "data.json"
     # the anti-collapse term is a statistic of each rank's batch, so equality holds without it
+    # (the region terms are per-example means, like the task loss, and stay on)
     _recipe(data, tmp_path / "hvd", "source=files", "batch_size=2", "max_steps=3", "image_variance=0", np_=2)
     _recipe(data, tmp_path / "one", "source=files", "batch_size=4", "max_steps=3", "image_variance=0")
     a, b = _params(tmp_path / "hvd" / "model"), _params(tmp_path / "one" / "model")
