@@ -24,9 +24,15 @@ class Settings:
     max_image_pixels: int = 40_000_000
     # Files per micro-batch per source in streaming ingest.
     max_files_per_trigger: int = 50
-    # Fetch http(s) URLs named by caption sources (Conceptual Captions / LAION style).
-    fetch_remote: bool = True
+    # Fetch http(s) URLs named by caption sources (Conceptual Captions / LAION style): off unless
+    # set, and then only globally routable addresses plus the comma-separated allow-list
+    # (networks or hosts, for private mirrors and tests).  See lakehouse.fetch.
+    fetch_remote: bool = False
+    fetch_allow: str = ""
     fetch_timeout_s: float = 10.0
+    fetch_deadline_s: float = 30.0
+    fetch_max_bytes: int = 64 << 20
+    fetch_threads: int = 8
 
     @property
     def landing(self) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakehouse.config import Settings
+from lakehouse.fetch import FetchPolicy, fetch_url, is_remote, read_local, redact
 from lakehouse.images import ImageRejected, inspect_image
 from lakehouse.sources import ADAPTERS
 from lakehouse.sources.base import local_path
@@ -32,7 +32,6 @@ from lakehouse.spark import on_databricks
 from lakehouse.tables import MANIFEST, TableRoot, ensure_tables, merge_insert, read
 
 QUERY_NAME = "ingest"
-MAX_FETCH_BYTES = 64 << 20
 
 BINARY_FILE = T.StructType([
     T.StructField("path", T.StringType()), T.StructField("modificationTime", T.TimestampType()),
@@ -63,31 +62,16 @@ def _parse_files(kind: str, kind_root: str, batches):
         yield pd.DataFrame(rows, columns=cols)
 
 
-def fetch_bytes(uri: str, fetch_remote: bool, timeout: float) -> bytes:
-    """Bytes behind a manifest uri; raises ImageRejected with the reason."""
-    if "://" in uri and not uri.startswith("file:"):
-        if not fetch_remote:
-            raise ImageRejected("fetch_failed", f"remote fetch disabled (FLD_FETCH_REMOTE=0): {uri}")
-        try:
-            with urllib.request.urlopen(uri, timeout=timeout) as r:
-                data = r.read(MAX_FETCH_BYTES + 1)
-        except Exception as e:
-            raise ImageRejected("fetch_failed", f"{uri}: {type(e).__name__}: {e}") from None
-        if len(data) > MAX_FETCH_BYTES:
-            raise ImageRejected("fetch_failed", f"{uri}: larger than {MAX_FETCH_BYTES} bytes")
-        return data
-    path = local_path(uri)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ImageRejected("missing_file", f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise ImageRejected("malformed_record", f"is a directory: {path}") from None
+def fetch_bytes(uri: str, root: str | None, policy: FetchPolicy) -> bytes:
+    """Bytes behind a manifest uri under the fetch policy; raises ImageRejected with the reason."""
+    if is_remote(uri):
+        return fetch_url(uri, policy)
+    return read_local(local_path(uri), root, policy.max_bytes)
 
 
-def resolve_row(row: dict, max_pixels: int, fetch_remote: bool, timeout: float) -> dict:
+def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy) -> dict:
     out = {k: row.get(k) for k in RESOLVED.fieldNames()}
+    out["uri"] = redact(row.get("uri"))  # no credentials or signed query strings in any table
     out["content"] = None
     try:
         if row.get("error_reason"):
@@ -96,21 +80,26 @@ def resolve_row(row: dict, max_pixels: int, fetch_remote: bool, timeout: float) 
         if data is None:
             if not row.get("uri"):
                 raise ImageRejected("malformed_record", "record has neither bytes nor uri")
-            data = fetch_bytes(row["uri"], fetch_remote, timeout)
+            data = fetch_bytes(row["uri"], row.get("root"), policy)
         out["size_bytes"] = len(data)
         out["image_id"], out["width"], out["height"], out["format"] = inspect_image(bytes(data), max_pixels)
         out["content"] = bytes(data)
     except ImageRejected as e:
         out["reason"], out["detail"] = e.reason, e.detail[:2000]
+    except Exception as e:  # no poison pills: whatever one record does, it becomes one quarantine row
+        out["reason"], out["detail"] = "malformed_record", f"{type(e).__name__}: {str(e)[:300]}"
     return out
 
 
-def _resolve(max_pixels: int, fetch_remote: bool, timeout: float, batches):
+def _resolve(max_pixels: int, policy: FetchPolicy, batches):
+    from concurrent.futures import ThreadPoolExecutor
+
     import pandas as pd
 
-    for pdf in batches:
-        rows = [resolve_row(r, max_pixels, fetch_remote, timeout) for r in pdf.to_dict("records")]
-        yield pd.DataFrame(rows, columns=RESOLVED.fieldNames())
+    with ThreadPoolExecutor(max(1, policy.threads)) as pool:  # fetches wait on the network, not the CPU
+        for pdf in batches:
+            rows = list(pool.map(lambda r: resolve_row(r, max_pixels, policy), pdf.to_dict("records")))
+            yield pd.DataFrame(rows, columns=RESOLVED.fieldNames())
 
 
 def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> DataFrame:
@@ -138,7 +127,7 @@ def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> D
 
 
 def resolve(df: DataFrame, settings: Settings) -> DataFrame:
-    fn = functools.partial(_resolve, settings.max_image_pixels, settings.fetch_remote, settings.fetch_timeout_s)
+    fn = functools.partial(_resolve, settings.max_image_pixels, FetchPolicy.from_settings(settings))
     return df.mapInPandas(fn, schema=RESOLVED)
 
 

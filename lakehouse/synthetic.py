@@ -444,7 +444,9 @@ def _write_bad_inputs(dirs, coco, cc_rows, laion_rows, seed) -> dict:
     (folder / "bomb.png").write_bytes(bomb.getvalue())
     coco["images"].append({"id": len(coco["images"]) + 1, "file_name": "does-not-exist.jpg", "width": 10, "height": 10})
     cc_rows.append(("a caption whose url is empty", ""))
-    cc_rows.append(("a remote image that cannot be reached", "http://127.0.0.1:9/unreachable.jpg"))
+    # what an attacker would write into a shared manifest: a loopback URL and a path out of the dataset
+    cc_rows.append(("a remote image on a loopback address", "http://127.0.0.1:9/unreachable.jpg"))
+    cc_rows.append(("a file outside the dataset folder", "../../../../../../../../etc/hostname"))
     return {"empty_file": 1, "not_an_image": 1, "truncated_image": 1, "unsupported_format": 1, "too_many_pixels": 1,
             # the missing COCO image appears in both the instances and the captions file
-            "missing_file": 2, "malformed_record": 1, "fetch_failed": 1}
+            "missing_file": 2, "malformed_record": 1, "forbidden": 2}

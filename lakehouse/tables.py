@@ -21,6 +21,10 @@ QUARANTINE_REASONS = (
     "too_many_pixels",     # over Settings.max_image_pixels (decompression bomb guard)
     "missing_file",        # a manifest row names a file that is not there
     "fetch_failed",        # a remote URL could not be fetched
+    "forbidden",           # a reference the fetch policy refuses: outside its dataset folder, a scheme other
+                           # than http(s), an address that is not globally routable, remote fetching off
+    "too_large",           # more bytes than the fetch policy's cap
+    "opted_out",           # the server said X-Robots-Tag: noai / noimageai
     "malformed_record",    # a manifest row that cannot be interpreted
 )
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -54,6 +58,8 @@ MANIFEST = T.StructType([
     # Set by an adapter when a record cannot be read; a quarantine reason and its detail.
     T.StructField("error_reason", T.StringType(), True),
     T.StructField("error_detail", T.StringType(), True),
+    # The dataset folder the record's local references must stay inside (lakehouse.fetch).
+    T.StructField("root", T.StringType(), True),
 ])
 
 

@@ -203,7 +203,8 @@ def test_remote_urls_are_fetched(spark, settings, tmp_path):
         lines = [line.split("\t") for line in (served / "train.tsv").read_text().splitlines()]
         (dest / "web.tsv").write_text("".join(f"{c}\thttp://127.0.0.1:{port}/{u}\n" for c, u in lines)
                                       + f"missing\thttp://127.0.0.1:{port}/images/nope.jpg\n")
-        run_ingest(spark, settings, kinds=["cc"], log=None)
+        # remote fetching is a deliberate setting, and loopback must be allow-listed
+        run_ingest(spark, settings.replace(fetch_remote=True, fetch_allow=f"127.0.0.1:{port}"), kinds=["cc"], log=None)
         t = totals(spark, settings)
         assert t["bronze_images"] == len(lines) and t["quarantine"] == {"fetch_failed": 1}
     finally:

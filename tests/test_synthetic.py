@@ -66,4 +66,4 @@ def test_write_world_writes_five_formats(tmp_path):
     truth = [json.loads(line) for line in open(tmp_path / "truth/ground_truth.jsonl")]
     assert len(truth) == 15 and exp["distinct_images"] == 15
     assert set(exp["quarantined"]) >= {"empty_file", "not_an_image", "truncated_image", "unsupported_format",
-                                       "too_many_pixels", "missing_file", "malformed_record", "fetch_failed"}
+                                       "too_many_pixels", "missing_file", "malformed_record", "forbidden"}

@@ -17,7 +17,8 @@ def manifest_row(adapter: "SourceAdapter", source_name: str, original_id: str, u
                  content: bytes | None = None, labels: list[dict] | None = None,
                  error_reason: str | None = None, error_detail: str | None = None) -> dict:
     return {"source_kind": adapter.kind, "source_name": source_name, "original_id": original_id, "uri": uri,
-            "content": content, "labels": labels or [], "error_reason": error_reason, "error_detail": error_detail}
+            "content": content, "labels": labels or [], "error_reason": error_reason, "error_detail": error_detail,
+            "root": None}
 
 
 def label(kind: str, text: str | None = None, bbox=None, polygons=None, quad=None, normalized: bool = False) -> dict:
@@ -50,8 +51,10 @@ class SourceAdapter:
     def parse(self, path: str, kind_root: str) -> Iterator[dict]:
         """Yield manifest rows for one landed file.  Never raises for bad content."""
         name = self.source_name(path, kind_root)
+        root = str(self.dataset_dir(path, kind_root))
         try:
-            yield from self._parse(Path(local_path(path)), name, self.dataset_dir(path, kind_root))
+            for row in self._parse(Path(local_path(path)), name, self.dataset_dir(path, kind_root)):
+                yield row | {"root": root}  # local references must stay inside the dataset folder
         except Exception as e:  # a file we cannot interpret becomes one quarantined record naming it
             yield manifest_row(self, name, Path(local_path(path)).name, uri=local_path(path),
                                error_reason="malformed_record", error_detail=f"{type(e).__name__}: {e}")
