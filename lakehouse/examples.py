@@ -79,8 +79,9 @@ def default_mixture() -> dict:
 
 def build_training_examples(spark, root: TableRoot, round_: int | None = None, gold_version: int | None = None,
                             mixture: dict | None = None, val_fraction: float = 0.1) -> DataFrame:
-    """Examples from gold at ``gold_version`` (default: current) for ``round_`` (default: latest published)."""
-    from lakehouse.rounds import latest_published_round
+    """Examples from gold at ``gold_version`` (default: the version the round's publication recorded)
+    for ``round_`` (default: latest published).  A round that is not published is refused."""
+    from lakehouse.rounds import latest_published_round, published_versions
 
     mixture = {**default_mixture(), **(mixture or {})}
     unknown = set(mixture) - set(default_mixture())
@@ -89,6 +90,11 @@ def build_training_examples(spark, root: TableRoot, round_: int | None = None, g
     round_ = round_ if round_ is not None else latest_published_round(spark, root)
     if round_ is None:
         raise ValueError("no published round yet; run jobs.refine_round first")
+    pinned = published_versions(spark, root, round_)
+    if pinned is None:
+        raise ValueError(f"round {round_} is not published (latest published round: "
+                         f"{latest_published_round(spark, root)}); only published rounds are trained on")
+    gold_version = pinned["gold"] if gold_version is None else gold_version
     gold = read(spark, root, "gold_fld", version=gold_version).filter(F.col("round") == round_)
     images = read(spark, root, "bronze_images").select("image_id", "content", "width", "height")
     src = gold.join(images, "image_id")

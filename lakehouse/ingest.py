@@ -113,7 +113,9 @@ def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> D
             reader = (spark.readStream.format("cloudFiles").option("cloudFiles.format", "binaryFile")
                       .option("cloudFiles.maxFilesPerTrigger", settings.max_files_per_trigger))
         elif streaming:
-            reader = spark.readStream.format("binaryFile").option("maxFilesPerTrigger", settings.max_files_per_trigger)
+            # maxFileAge (default 7 days) silently skips files landed later with an old mtime (cp -p, rsync -t)
+            reader = (spark.readStream.format("binaryFile").option("maxFilesPerTrigger", settings.max_files_per_trigger)
+                      .option("maxFileAge", "3650d"))
         else:
             reader = spark.read.format("binaryFile")
         if streaming:

@@ -61,6 +61,7 @@ def decode_transform(image_size: int, mean, std, pdf):
 
 def make_reader(sl: DeltaSlice, image_size: int, mean, std, cur_shard: int | None = None,
                 shard_count: int | None = None, pool: str = "process", workers: int = 2, seed: int = 0):
+    import os
     import warnings
 
     from petastorm import TransformSpec, make_batch_reader
@@ -68,6 +69,9 @@ def make_reader(sl: DeltaSlice, image_size: int, mean, std, cur_shard: int | Non
     # petastorm 0.13 uses pyarrow's legacy dataset API, which warns on every piece
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*pyarrow.*")
+    # the process pool's workers are new interpreters: they only see filters passed in the environment
+    if "FutureWarning" not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore::FutureWarning"]))
 
     spec = TransformSpec(functools.partial(decode_transform, image_size, tuple(mean), tuple(std)),
                          edit_fields=[("pixel_values", np.float32, (3, image_size, image_size), False)],

@@ -9,6 +9,7 @@ the Great Expectations gate passes.  Every attempt is a row in ``rounds``.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -32,6 +33,56 @@ class GateFailed(RuntimeError):
     """The round's data failed its quality gate; nothing was published."""
 
 
+class RoundBusy(RuntimeError):
+    """Another run of the same round holds its lock."""
+
+
+@contextlib.contextmanager
+def round_lock(home, round_: int):
+    """One run per round at a time: an exclusive lock file under ``$FLD_HOME/locks``.  A lock left by
+    a killed run on this host (its process is gone) is taken over, so a rerun after a crash proceeds."""
+    import os
+    import socket
+    from pathlib import Path
+
+    path = Path(home) / "locks" / f"round-{int(round_)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == me["host"] and held.get("pid") and not _alive(held["pid"]):
+                path.unlink(missing_ok=True)  # its owner was killed: take over
+                continue
+            raise RoundBusy(f"round {round_} is already being run (pid {held.get('pid')} on {held.get('host')} "
+                            f"since {held.get('since')}); wait for it, or remove {path} if that run is gone") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class RoundConfig:
     round: int
@@ -46,6 +97,16 @@ class RoundConfig:
 def latest_published_round(spark, root: TableRoot) -> int | None:
     r = read(spark, root, "rounds").filter("published").agg(F.max("round").alias("r")).collect()[0]["r"]
     return r
+
+
+def published_versions(spark, root: TableRoot, round_: int) -> dict | None:
+    """The silver and gold versions the latest *published* attempt of a round recorded, or None.
+
+    Readers pin these: a crash after gold was merged but before the ``rounds`` row, or a later
+    refused rerun of the round that replaced its silver slice, must not change what they read."""
+    rows = (read(spark, root, "rounds").filter(F.col("published") & (F.col("round") == round_))
+            .orderBy(F.col("attempt_at").desc()).select("silver_version", "gold_version").limit(1).collect())
+    return {"silver": rows[0]["silver_version"], "gold": rows[0]["gold_version"]} if rows else None
 
 
 def published_audit(spark, root: TableRoot) -> tuple[int | None, dict | None]:
@@ -118,7 +179,8 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
         .agg(F.max("round").alias("r")).collect()[0]["r"]
     if base is None:
         raise ValueError(f"no round before {cfg.round} is published; run round 1 first")
-    prev = read(spark, root, "silver_annotations").filter(F.col("round") == base)
+    prev = read(spark, root, "silver_annotations", version=published_versions(spark, root, base)["silver"]) \
+        .filter(F.col("round") == base)
     specialists = from_config(([{"type": "florence2", "model": cfg.model}] if cfg.model else []) + list(cfg.specialists or []))
     log(f"[round {cfg.round}] refining published round {base} with {', '.join(s.name for s in specialists)}")
     raw = run_specialists(images, specialists, cfg.round).persist()
@@ -151,6 +213,11 @@ def _replace_round(root: TableRoot, name: str, df, round_: int) -> None:
 
 
 def run_round(spark, settings: Settings, cfg: RoundConfig, log=print) -> dict:
+    with round_lock(settings.home, cfg.round):
+        return _run_round(spark, settings, cfg, log)
+
+
+def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
     root = TableRoot(settings.tables_root)
     ensure_tables(spark, root)
     t0 = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

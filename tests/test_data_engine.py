@@ -250,3 +250,41 @@ def test_ocr_specialists_on_real_words(real_dev, dataset, engine_name, floor):
     f1 = 2 * p * rc / (p + rc) if p + rc else 0.0
     print(f"{dataset} {engine_name}: word P {p:.3f} R {rc:.3f} F1 {f1:.3f} on 6 images")
     assert f1 >= floor
+
+
+def test_gold_merged_without_its_rounds_row_is_not_read(spark, engine):
+    """A crash between publishing gold and writing the `rounds` row leaves gold rows that no
+    reader sees: training refuses the round, and round 1 still reads at its pinned version."""
+    from lakehouse.examples import build_training_examples
+    from lakehouse.fld import publish_gold
+
+    _, root, _ = engine
+    before = build_training_examples(spark, root, 1, mixture={}).count()
+    orphan = read(spark, root, "gold_fld").filter("round = 1").limit(3).withColumn("round", F.lit(7))
+    assert publish_gold(spark, root, orphan, 7)  # the crash: gold has round 7, `rounds` does not
+    with pytest.raises(ValueError, match="round 7 is not published"):
+        build_training_examples(spark, root, 7)
+    assert latest_published_round(spark, root) == 1
+    assert build_training_examples(spark, root, 1, mixture={}).count() == before
+
+
+def test_a_second_run_of_the_same_round_is_refused_while_one_holds_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from lakehouse.rounds import RoundBusy, round_lock
+
+    with round_lock(tmp_path, 3):
+        with pytest.raises(RoundBusy, match="round 3 is already being run"):
+            with round_lock(tmp_path, 3):
+                pass
+        with round_lock(tmp_path, 4):  # other rounds are not blocked
+            pass
+    # a lock left by a killed run (its process is gone) is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = tmp_path / "locks" / "round-3.lock"
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename, "since": "then"}))
+    with round_lock(tmp_path, 3):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()

@@ -157,3 +157,12 @@ def test_local_references_stay_inside_their_dataset_folder(tmp_path):
     assert reason == "missing_file" and str(tmp_path) not in detail
     small = FetchPolicy(max_bytes=10)
     assert _resolve(str(ds / "images" / "ok.png"), small, str(ds))[0] == "too_large"
+
+
+def test_poison_file_names_become_quarantine_rows(tmp_path):
+    """Names that make the OS raise (NUL byte, 300 characters) are one counted row each, not a crash."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for ref in (str(ds / "a\0b.jpg"), str(ds / ("x" * 300 + ".jpg")), str(ds / "images" / "\udcff.jpg")):
+        reason, detail, _ = _resolve(ref, FetchPolicy(), str(ds))
+        assert reason in ("malformed_record", "missing_file") and detail, (ref[:40], reason, detail)

@@ -176,7 +176,10 @@ def test_continuous_mode_picks_up_new_files(spark, settings):
         deadline = time.time() + 300
         while time.time() < deadline and not (commits.exists() and any(commits.glob("0"))):
             time.sleep(0.5)
+        old = time.time() - 30 * 86400  # landed now, but with a month-old mtime (cp -p, rsync -t)
         for kind in SOURCE_KINDS:
+            for f in (later / "landing" / kind / "late").rglob("*"):
+                os.utime(f, (old, old))
             shutil.copytree(later / "landing" / kind / "late", settings.landing / kind / "late")
         landed.set()
 
