@@ -344,7 +344,8 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
     step, epoch, prior_s = 0, 0, 0.0
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:  # resume: every rank loads the same files
-        state = torch.load(latest / "state.pt", map_location=device, weights_only=False)
+        # tensors and plain containers only: a checkpoint on a shared volume must not run code when loaded
+        state = torch.load(latest / "state.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, epoch, prior_s = state["step"], state["epoch"], state.get("seconds", 0.0)
