@@ -288,3 +288,34 @@ def test_a_second_run_of_the_same_round_is_refused_while_one_holds_it(tmp_path):
     with round_lock(tmp_path, 3):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
+
+
+def test_round_one_on_real_coco_photos(spark, real_dev, tmp_path):
+    """Real photos through the whole round: the contour specialist's captions on scenes with many
+    regions, five human captions per image, human labels withheld for the audit slice."""
+    import shutil
+
+    from lakehouse.config import load_settings
+
+    s = load_settings(home=tmp_path / "fld_home", max_files_per_trigger=1000)
+    src, dest = real_dev / "coco_train2017_det_caption", s.landing / "coco" / "coco_dev"
+    shutil.copytree(src / "images", dest / "images")
+    (dest / "annotations").mkdir()
+    for f in ("instances_train2017.json", "captions_train2017.json"):
+        shutil.copy(src / "annotations" / f, dest / "annotations" / f)
+    run_ingest(spark, s, log=None)
+    root = TableRoot(s.tables_root)
+    try:
+        res = run_round(spark, s, RoundConfig(round=1), log=print)
+        published, msg = res["published"], ""
+    except GateFailed as e:
+        published, msg = False, str(e)
+    assert "caption_key" not in msg and "fld_errors" not in msg, msg
+    assert read(spark, root, "annotation_errors").filter("round = 1").count() == 0
+    silver = read(spark, root, "silver_annotations").filter("round = 1")
+    annotators = {r.annotator for r in silver.select("annotator").distinct().collect()}
+    assert {"contours", "human:coco"} <= annotators, annotators
+    assert published, msg
+    gold = read(spark, root, "gold_fld").filter("round = 1")
+    # an image whose detections exceed the per-image region limit is dropped by the filter, and counted
+    assert gold.count() >= 18 and gold.filter("caption_brief IS NOT NULL").count() == gold.count()

@@ -100,7 +100,44 @@ def test_horovod_two_processes_equal_one_process_with_twice_the_batch(pinned, tm
     assert a.keys() == b.keys()
     moved = max(float((a[k] - start[k]).abs().max()) for k in a if k in start)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert moved > 1e-3 and diff < 1e-4, (moved, diff)
+    # Adam's first steps are sign-like (m / sqrt(v) ~ +-1), so float noise in near-zero gradients moves a
+    # parameter by up to ~lr; the exact decomposition is checked without Horovod below
+    assert moved > 1e-3 and diff < 2e-4, (moved, diff)
+
+
+def test_objective_decomposes_over_examples():
+    """The recipe's objective on a batch equals the mean of its halves' objectives, gradients included:
+    what makes averaging Horovod ranks equal to one process (task loss and region terms)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from florence2 import modeling, recipe
+    from lakehouse.examples import synthetic_rows
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    rows = synthetic_rows(6, 5, ["<OD>", "<CAPTION>"])[:4]
+    tok = tokenizer()
+    model, proc = modeling.create("tiny", tok)
+    model.set_attn_implementation("eager")
+    cfg, loc = recipe.Config(image_variance=0), modeling.loc_token_range(tok)
+
+    def grads(rs):
+        pix = torch.as_tensor(proc.preprocess([Image.open(io.BytesIO(r["content"])) for r in rs]))
+        model.zero_grad()
+        total, _ = recipe.step_loss(model, proc.batch([], [r["prompt"] for r in rs], [r["target"] for r in rs])
+                                    | {"pixel_values": pix}, cfg, loc)
+        total.backward()
+        return total.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    (t4, g4), (ta, ga), (tb, gb) = grads(rows), grads(rows[:2]), grads(rows[2:])
+    assert {r["task"] for r in rows} == {"<OD>", "<CAPTION>"}
+    assert abs(t4 - (ta + tb) / 2) < 1e-5 * abs(t4)
+    assert float((g4 - (ga + gb) / 2).norm() / g4.norm()) < 1e-5
 
 
 def _params_fresh(s):
