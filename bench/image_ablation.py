@@ -33,7 +33,7 @@ from florence2 import modeling, recipe  # noqa: E402
 from florence2.evaluation import coco_map, image_ablation  # noqa: E402
 from florence2.parsing import post_process_generation  # noqa: E402
 from florence2.predictor import Predictor, Request  # noqa: E402
-from lakehouse.examples import synthetic_rows, write_recipe_data  # noqa: E402
+from lakehouse.synthetic import synthetic_rows, write_recipe_data  # noqa: E402
 
 TASKS = ["<CAPTION>", "<OD>"]
 GRID_4x4 = (4, 2, 2, 2)

@@ -3,10 +3,18 @@ then evaluate it on the validation split next to trivial baselines (the most fre
 caption; a whole-image box / polygon; no OCR).
 
     .venv/bin/python bench/learning_report.py --images 200 --minutes 10
+
+``--direct`` skips the lakehouse (no Spark, Delta or specialists: what a GPU box without
+Java can run): training examples come straight from the synthetic truth of ``--images``
+scenes, validation from other scenes, and the same recipe and the same scoring
+(``jobs.evaluate.evaluate_examples``) run on them, with any ``--size``:
+
+    python3 bench/learning_report.py --direct --size small --images 3000 --minutes 6 --batch 64
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -18,7 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from florence2.tasks import TASKS  # noqa: E402
-from jobs import evaluate, generate, ingest, refine_round, train  # noqa: E402
+
+# concentrate the small budget on the tasks the report scores
+MIXTURE = {t: 0.0 for t in TASKS} | {"<OD>": 2.0, "<CAPTION>": 1.0, "<DETAILED_CAPTION>": 1.0,
+                                     "<CAPTION_TO_PHRASE_GROUNDING>": 2.0, "<OCR_WITH_REGION>": 2.0, "<OCR>": 1.0}
 
 
 def main():
@@ -26,18 +37,30 @@ def main():
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--home", default=None)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "learning_report"))
+    p.add_argument("--out", default=None, help="default: bench/results/learning_report[_direct_SIZE_DEVICE]")
+    p.add_argument("--direct", action="store_true", help="no lakehouse: examples from the synthetic truth")
+    p.add_argument("--size", default="tiny", help="model preset (--direct)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (--direct)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (--direct)")
+    p.add_argument("--val-images", type=int, default=150, help="validation scenes (--direct)")
+    p.add_argument("--set", nargs="*", default=[], help="more recipe overrides, key=value (--direct)")
+    p.add_argument("--score", default=None, help="score the predictions a --direct run saved where the scoring "
+                                                 "tools (Java, pycocotools) were missing, e.g. on a GPU box")
     args = p.parse_args()
+    if args.score:
+        return score_saved(Path(args.score))
+    if args.direct:
+        return direct(args)
+    from jobs import evaluate, generate, ingest, refine_round, train
+
+    args.out = args.out or str(Path(__file__).parent / "results" / "learning_report")
     home = args.home or tempfile.mkdtemp(prefix="fld-learn-")
     common = [f"--home={home}"]
     t0 = time.time()
     generate.main(common + [f"--images={args.images}"])
     ingest.main(common)
     refine_round.main(common + ["--round=1"])
-    # concentrate the small CPU budget on the tasks the report scores
-    mixture = {t: 0.0 for t in TASKS} | {"<OD>": 2.0, "<CAPTION>": 1.0, "<DETAILED_CAPTION>": 1.0,
-                                         "<CAPTION_TO_PHRASE_GROUNDING>": 2.0, "<OCR_WITH_REGION>": 2.0, "<OCR>": 1.0}
-    tr = train.main(common + ["--run-name=learning-report", f"--mixture={json.dumps(mixture)}", f"max_minutes={args.minutes}", "max_steps=1000000",
+    tr = train.main(common + ["--run-name=learning-report", f"--mixture={json.dumps(MIXTURE)}", f"max_minutes={args.minutes}", "max_steps=1000000",
                               "epochs=1000", "batch_size=16", "checkpoint_every=500", "log_every=100"])
     ev = evaluate.main(common + [f"--examples-version={tr['examples_version']}", "--model", tr["model_dir"],
                                  "--limit=400", "--synthetic-referring"])
@@ -45,21 +68,120 @@ def main():
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "images": args.images,
            "train_minutes_budget": args.minutes, "training": tr["result"], "evaluation": ev["val"],
            "image_ablation": ablation, "wall_s": round(time.time() - t0, 1)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    m, b = ev["val"]["model"], ev["val"]["baseline"]
-    lines = ["| metric | tiny model | trivial baseline |", "|---|---|---|"]
+    _write(Path(args.out), res, f"{args.images} synthetic images, tiny model, {tr['result']['steps']} steps "
+                                f"({tr['result']['seconds'] / 60:.1f} min, {tr['result']['examples_per_s']:.1f} examples/s) on "
+                                f"{res['machine']}; validation examples per task: {ev['val']['examples']}")
+
+
+def direct(args):
+    """The report without the lakehouse: same mixture, recipe and scoring, truth as the training set."""
+    import torch
+
+    from florence2 import modeling, recipe
+    from florence2.evaluation import image_ablation
+    from florence2.predictor import Predictor
+    from jobs.evaluate import evaluate_examples  # the scoring tools themselves load lazily
+    from lakehouse.synthetic import synthetic_rows, write_recipe_data
+
+    t0 = time.time()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    work = Path(args.home or tempfile.mkdtemp(prefix="fld-learn-direct-"))
+    tasks = [t for t, w in MIXTURE.items() if w > 0]
+    rows = []
+    for r in synthetic_rows(args.images, 41, tasks):  # a weight of 2 is each example twice
+        rows += [r | {"example_id": f"{r['example_id']}-{k}"} for k in range(int(MIXTURE[r["task"]]))]
+    data = write_recipe_data(rows, work / "data")
+    val = synthetic_rows(args.val_images, 42, tasks + ["<REFERRING_EXPRESSION_SEGMENTATION>"])
+    overrides = [f"model_size={args.size}", "source=files", f"max_minutes={args.minutes}", "max_steps=1000000",
+                 "epochs=1000000", f"batch_size={args.batch}", f"lr={args.lr}", "checkpoint_every=0", "log_every=100",
+                 f"output_dir={work / 'run'}"] + args.set
+    cfg = recipe.load_config(None, overrides)
+    print(f"[learning] {len(rows)} training examples from {args.images} scenes, {device}, {overrides}", flush=True)
+    tr = recipe.train(cfg, data)
+    model, proc = modeling.load(work / "run" / "model")
+    predictor = Predictor(model, proc, device=device, batch_size=64, max_new_tokens=256)
+    preds = predictor.predict([_request(r) for r in val])
+    ablation = {}
+    for task in ("<OD>", "<CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>"):
+        sel = [r for r in val if r["task"] == task][:32]
+        ablation[task] = image_ablation(model.to("cpu"), proc, [r["content"] for r in sel], [r["prompt"] for r in sel],
+                                        [r["target"] for r in sel], cfg.loc_sigma)
+    name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
+    res = {"machine": name, "mode": "direct (synthetic truth, no lakehouse)", "size": args.size, "images": args.images,
+           "val_images": args.val_images, "batch": args.batch, "lr": args.lr,
+           "train_minutes_budget": args.minutes, "config": dataclasses.asdict(cfg), "training": tr,
+           "image_ablation": ablation, "wall_s": round(time.time() - t0, 1),
+           "predictions": [{"example_id": r["example_id"]} | o for r, o in zip(val, preds)]}
+    out = Path(args.out or Path(__file__).parent / "results" / f"learning_report_direct_{args.size}_{device}")
+    try:
+        res["evaluation"] = evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val])
+    except (ImportError, OSError) as e:  # no Java / pycocotools here: score the saved predictions elsewhere
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(res, default=str) + "\n")
+        print(f"[learning] cannot score here ({type(e).__name__}: {e}); predictions saved: "
+              f"bench/learning_report.py --score {out.with_suffix('.json')}", flush=True)
+        return
+    _write_direct(out, res)
+
+
+def score_saved(path: Path) -> None:
+    """Score a --direct run's saved predictions (the validation scenes are regenerated from their seed)."""
+    from jobs.evaluate import evaluate_examples
+    from lakehouse.synthetic import synthetic_rows
+
+    res = json.loads(path.read_text())
+    tasks = [t for t, w in MIXTURE.items() if w > 0] + ["<REFERRING_EXPRESSION_SEGMENTATION>"]
+    val = synthetic_rows(res["val_images"], 42, tasks)
+    by_id = {p["example_id"]: p for p in res["predictions"]}
+    if [r["example_id"] for r in val] != [p["example_id"] for p in res["predictions"]]:
+        raise SystemExit(f"{path}: its predictions are not those of the regenerated validation scenes")
+    res["evaluation"] = evaluate_examples(_Replay(val, [by_id[r["example_id"]] for r in val]),
+                                          [{"image": r["content"], **r} for r in val])
+    _write_direct(path.with_suffix(""), res)
+
+
+def _request(r):
+    from florence2.predictor import Request
+
+    return Request(r["content"], r["task"], r["text_input"], None if r["region"] is None else tuple(r["region"]))
+
+
+class _Replay:
+    """A predictor that answers with outputs computed before (same requests, any order)."""
+
+    def __init__(self, rows, outputs):
+        self.answers = {self._key(_request(r)): o for r, o in zip(rows, outputs)}
+
+    @staticmethod
+    def _key(req):
+        import hashlib
+
+        return req.task, hashlib.sha1(bytes(req.image)).hexdigest(), req.text, req.region and tuple(req.region)
+
+    def predict(self, requests):
+        return [self.answers[self._key(q)] for q in requests]
+
+
+def _write_direct(out: Path, res: dict) -> None:
+    tr, ev = res["training"], res["evaluation"]
+    _write(out, res, f"{res['images']} synthetic scenes (truth, no lakehouse), {res['size']} model, "
+                     f"{tr['steps']} steps ({tr['seconds'] / 60:.1f} min, {tr['examples_per_s']:.1f} examples/s, "
+                     f"batch {res['batch']}, lr {res['lr']:g}) on {res['machine']}; "
+                     f"validation examples per task: {ev['examples']}")
+
+
+def _write(out: Path, res: dict, headline: str) -> None:
+    m, b = res["evaluation"]["model"], res["evaluation"]["baseline"]
+    lines = [f"| metric | {res.get('size', 'tiny')} model | trivial baseline |", "|---|---|---|"]
     lines += [f"| {k} | {m[k]:.4f} | {b.get(k, float('nan')):.4f} |" for k in sorted(m)]
     lines += ["", "Image ablation (validation loss with own vs shuffled images; gap > 0 means the model looks):", "",
               "| task | own images | shuffled | gap |", "|---|---|---|---|"]
     lines += [f"| {t} | {a['loss_true_images']:.4f} | {a['loss_shuffled_images']:.4f} | {a['gap']:.4f} |"
-              for t, a in sorted(ablation.items())]
-    out.with_suffix(".md").write_text(
-        f"# Learning report\n\n{args.images} synthetic images, tiny model, {tr['result']['steps']} steps "
-        f"({tr['result']['seconds'] / 60:.1f} min, {tr['result']['examples_per_s']:.1f} examples/s) on "
-        f"{res['machine']}; validation examples per task: {ev['val']['examples']}\n\n" + "\n".join(lines) + "\n")
-    print(out.with_suffix(".md").read_text())
+              for t, a in sorted(res["image_ablation"].items())]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(f"# Learning report\n\n{headline}\n\n" + "\n".join(lines) + "\n")
+    print(out.with_suffix(".md").read_text(), flush=True)
 
 
 def _ablation(home, tr, per_task: int = 32) -> dict:

@@ -4,10 +4,23 @@ Prompts are right-padded with a real attention mask (the original hub code
 overwrote the mask with ones, so padded prompts attended to padding); batched
 output therefore equals one-by-one output.  Each box, quad or polygon gets a
 confidence: the geometric mean of the probabilities of its location tokens.
+
+Greedy decoding runs its own loop over the model's forward (``fast=True``): the
+image and the prompt are encoded once, each step feeds one token through the
+decoder's KV cache, tokens and log-probabilities stay on the device, and the
+host looks at them only every ``check_every`` steps, instead of ``generate``'s
+per-token logits processors, stopping criteria and host syncs.  It applies the
+same two rules ``generate`` applies here (``min_new_tokens``, and the forced
+``</s>`` at ``max_new_tokens``), so its texts equal ``generate``'s.  Beam search
+goes through ``generate``, which already encodes each image once for all beams.
+On a GPU, images are decoded by CPU threads and resized/normalised on the device
+(``preprocess="tensor"``); the CPU default stays PIL's.
 """
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +44,8 @@ class PredictionInputError(ValueError):
 
 class Predictor:
     def __init__(self, model, processor: Florence2Processor, device: str | None = None, num_beams: int = 1,
-                 max_new_tokens: int = 256, batch_size: int = 8, min_new_tokens: int = 0):
+                 max_new_tokens: int = 256, batch_size: int = 8, min_new_tokens: int = 0, fast: bool = True,
+                 preprocess: str = "auto", decode_threads: int = 4, check_every: int | None = None):
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,6 +53,12 @@ class Predictor:
         self.processor = processor
         self.num_beams, self.max_new_tokens, self.batch_size = num_beams, max_new_tokens, batch_size
         self.min_new_tokens = min_new_tokens  # benchmarks force equal work per image
+        # how often the loop asks the device whether every row has finished: each ask is a host sync on a GPU
+        self.fast, self.decode_threads = fast, decode_threads
+        self.check_every = check_every or (8 if self.device.startswith("cuda") else 1)
+        if preprocess not in ("auto", "pil", "tensor"):
+            raise ValueError(f"preprocess must be auto, pil or tensor, not {preprocess!r}")
+        self.preprocess = preprocess if preprocess != "auto" else ("tensor" if self.device.startswith("cuda") else "pil")
         tok = processor.tokenizer
         self._skip = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
         self._loc_ids = {tok.convert_tokens_to_ids(f"<loc_{i}>") for i in range(1000)}
@@ -52,17 +72,23 @@ class Predictor:
 
     def prepare(self, requests: list[Request]):
         """Validate every request before running any; returns (images, prompts, sizes)."""
-        images, prompts, sizes = [], [], []
-        for i, r in enumerate(requests):
+        def one(i_r):
+            i, r = i_r
             try:
                 get_task(r.task)
                 img = to_pil(r.image)
-                prompts.append(build_prompt(r.task, r.text, r.region, img.size))
+                return img, build_prompt(r.task, r.text, r.region, img.size)
             except (TaskInputError, ImageInputError) as e:
                 raise PredictionInputError(f"request {i} ({r.task}): {e}") from None
-            images.append(img)
-            sizes.append(img.size)
-        return images, prompts, sizes
+
+        # image decoding releases the GIL: threads keep up with a GPU
+        if self.decode_threads > 1 and len(requests) > 1:
+            with ThreadPoolExecutor(min(self.decode_threads, len(requests))) as pool:
+                done = list(pool.map(one, enumerate(requests)))
+        else:
+            done = [one(x) for x in enumerate(requests)]
+        images = [d[0] for d in done]
+        return images, [d[1] for d in done], [im.size for im in images]
 
     def predict(self, requests: list[Request]) -> list[dict]:
         images, prompts, sizes = self.prepare(requests)
@@ -72,22 +98,68 @@ class Predictor:
             out += self._run(requests[sl], images[sl], prompts[sl], sizes[sl])
         return out
 
+    def pixels(self, images):
+        """Model-ready pixel values on the device, in the model's dtype."""
+        import torch
+
+        dtype = next(self.model.parameters()).dtype
+        if self.preprocess == "tensor":
+            return self.processor.preprocess_tensor(images, self.device).to(dtype)
+        return torch.from_numpy(self.processor.preprocess(images)).to(self.device, dtype)
+
     def generate(self, images, prompts):
-        """Token ids (without the decoder start token) and per-token log-probabilities."""
+        """Token ids (without the decoder start token) and per-token log-probabilities, as numpy arrays."""
         import torch
 
         enc = self.processor.encode_prompts(prompts)
-        dtype = next(self.model.parameters()).dtype
-        pixels = torch.from_numpy(self.processor.preprocess(images)).to(self.device, dtype)
+        pixels = self.pixels(images)
+        ids = torch.from_numpy(enc["input_ids"]).to(self.device)
+        mask = torch.from_numpy(enc["attention_mask"]).to(self.device)
+        if self.fast and self.num_beams == 1:
+            tokens, lp = self._greedy(pixels, ids, mask)
+            return tokens.cpu().numpy(), lp.cpu().numpy()
         with torch.inference_mode():
             g = self.model.generate(
-                pixel_values=pixels, input_ids=torch.from_numpy(enc["input_ids"]).to(self.device),
-                attention_mask=torch.from_numpy(enc["attention_mask"]).to(self.device),
+                pixel_values=pixels, input_ids=ids, attention_mask=mask,
                 max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens or None, num_beams=self.num_beams, do_sample=False,
                 output_scores=True, return_dict_in_generate=True, early_stopping=self.num_beams > 1)
             lp = self.model.compute_transition_scores(
                 g.sequences, g.scores, getattr(g, "beam_indices", None), normalize_logits=self.num_beams == 1)
         return g.sequences[:, 1:].cpu().numpy(), lp.float().cpu().numpy()
+
+    def _greedy(self, pixels, ids, mask):
+        """(tokens, log-probabilities), both (B, steps) on the device; finished rows are padded."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        model, gc = self.model, self.model.generation_config
+        eos, pad = gc.eos_token_id, gc.pad_token_id
+        forced_eos = getattr(gc, "forced_eos_token_id", None)
+        b, cache_arg = ids.shape[0], _cache_arg()
+        tokens, lps = [], []
+        with torch.inference_mode():
+            dec = torch.full((b, 1), gc.decoder_start_token_id, dtype=torch.long, device=ids.device)
+            out = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=True)
+            encoded = BaseModelOutput(last_hidden_state=out.encoder_last_hidden_state)
+            done = torch.zeros(b, dtype=torch.bool, device=ids.device)
+            for t in range(self.max_new_tokens):
+                logits = out.logits[:, -1].float()
+                if t < self.min_new_tokens:
+                    logits[:, eos] = -math.inf
+                if forced_eos is not None and t == self.max_new_tokens - 1:
+                    logits = torch.full_like(logits, -math.inf)
+                    logits[:, forced_eos] = 0.0
+                logp = torch.log_softmax(logits, -1)
+                nxt = logits.argmax(-1)
+                tokens.append(torch.where(done, pad, nxt))
+                lps.append(logp.gather(1, nxt[:, None])[:, 0])
+                done = done | (nxt == eos)
+                # the only host sync: a few wasted steps beat a stall on every token
+                if t == self.max_new_tokens - 1 or ((t + 1) % self.check_every == 0 and bool(done.all())):
+                    break
+                out = model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=nxt[:, None],
+                            **{cache_arg: _cache_of(out)}, use_cache=True)
+        return torch.stack(tokens, 1), torch.stack(lps, 1)
 
     def _run(self, requests, images, prompts, sizes) -> list[dict]:
         seqs, logprobs = self.generate(images, prompts)
@@ -121,6 +193,21 @@ class Predictor:
                             # the whole answer's confidence: geometric mean of its tokens' probabilities
                             "score": float(math.exp(sum(all_lp) / len(all_lp))) if all_lp else 0.0})
         return results
+
+
+@functools.cache
+def _cache_arg() -> str:
+    import inspect
+
+    from transformers import Florence2ForConditionalGeneration
+
+    # transformers renamed ``past_key_values`` to ``cache`` (5.2x); accept either
+    return "cache" if "cache" in inspect.signature(Florence2ForConditionalGeneration.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return out.cache if hasattr(out, "cache") and out.cache is not None else out.past_key_values
+
 
 
 def _flat(x):

@@ -66,26 +66,59 @@ class Florence2Processor:
             out[i] = (arr - mean) / std
         return out
 
-    def encode_prompts(self, prompts: list[str]) -> dict:
+    def preprocess_tensor(self, images, device="cpu"):
+        """``preprocess`` on the device: uint8 pixels travel (pinned on CUDA), the resize and
+        normalisation run as tensor ops.  The antialiased bicubic kernel is PIL's (a = -0.5) and the
+        result of each of its two passes is rounded to uint8 levels as PIL's is, so values match ``preprocess`` to within one
+        level where fixed-point rounding differs.  Returns float32 (B, 3, S, S) on ``device``."""
+        import torch
+        import torch.nn.functional as F
+
+        s = self.image_size
+        out = torch.empty((len(images), 3, s, s), dtype=torch.float32, device=device)
+        mean = torch.tensor(self.image_mean, device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.image_std, device=device).view(1, 3, 1, 1) * 255
+        arrays = [np.asarray(to_pil(im)) for im in images]
+        by_size: dict[tuple, list[int]] = {}
+        for i, a in enumerate(arrays):
+            by_size.setdefault(a.shape, []).append(i)
+        cuda = str(device).startswith("cuda")
+        for idx in by_size.values():  # one resize per distinct input size
+            x = torch.from_numpy(np.stack([arrays[i] for i in idx]))
+            if cuda:
+                x = x.pin_memory()
+            x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+            # two passes, horizontal first, each rounded to uint8 levels: what PIL does
+            if x.shape[-1] != s:
+                x = F.interpolate(x, size=(x.shape[-2], s), mode="bicubic", antialias=True, align_corners=False)
+                x = x.round_().clamp_(0, 255)
+            if x.shape[-2] != s:
+                x = F.interpolate(x, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
+                x = x.round_().clamp_(0, 255)
+            out[torch.tensor(idx, device=device)] = (x - mean) / std
+        return out
+
+    def encode_prompts(self, prompts: list[str], pad_multiple: int = 1) -> dict:
         tok = self.tokenizer
         head = [tok.image_token_id] * self.num_image_tokens + [tok.bos_token_id]
         seqs = [head + tok(p, add_special_tokens=False).input_ids + [tok.eos_token_id] for p in prompts]
-        return _pad(seqs, tok.pad_token_id)
+        return _pad(seqs, tok.pad_token_id, pad_multiple)
 
-    def encode_targets(self, targets: list[str]) -> np.ndarray:
+    def encode_targets(self, targets: list[str], pad_multiple: int = 1) -> np.ndarray:
         tok = self.tokenizer
         seqs = [[tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id] for t in targets]
-        return _pad(seqs, -100)["input_ids"]
+        return _pad(seqs, -100, pad_multiple)["input_ids"]
 
-    def batch(self, images, prompts: list[str], targets: list[str] | None = None) -> dict:
-        """Model inputs as torch tensors; with ``targets``, ``labels`` for the loss."""
+    def batch(self, images, prompts: list[str], targets: list[str] | None = None, pad_multiple: int = 1) -> dict:
+        """Model inputs as torch tensors; with ``targets``, ``labels`` for the loss.  ``pad_multiple``
+        rounds both lengths up (length bucketing: a compiled model sees few distinct shapes)."""
         import torch
 
-        enc = self.encode_prompts(prompts)
+        enc = self.encode_prompts(prompts, pad_multiple)
         out = {"pixel_values": torch.from_numpy(self.preprocess(images)),
                "input_ids": torch.from_numpy(enc["input_ids"]), "attention_mask": torch.from_numpy(enc["attention_mask"])}
         if targets is not None:
-            out["labels"] = torch.from_numpy(self.encode_targets(targets))
+            out["labels"] = torch.from_numpy(self.encode_targets(targets, pad_multiple))
         return out
 
     # --- Hugging Face layout ---
@@ -129,8 +162,8 @@ class Florence2Processor:
                    tuple(cfg.get("image_mean", IMAGENET_MEAN)), tuple(cfg.get("image_std", IMAGENET_STD)))
 
 
-def _pad(seqs, pad_value) -> dict:
-    n = max(len(s) for s in seqs)
+def _pad(seqs, pad_value, multiple: int = 1) -> dict:
+    n = -(-max(len(s) for s in seqs) // multiple) * multiple
     ids = np.full((len(seqs), n), pad_value, dtype=np.int64)
     mask = np.zeros((len(seqs), n), dtype=np.int64)
     for i, s in enumerate(seqs):

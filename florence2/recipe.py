@@ -44,7 +44,12 @@ class Config:
     reader_pool: str = "process"
     reader_workers: int = 2
     bf16: str = "auto"                    # auto: bf16 autocast on CUDA only
-    log_every: int = 10
+    # GPU efficiency (issue 11); each leaves the loss unchanged (tests/test_training.py)
+    compile: bool = False                 # torch.compile the model (long first steps; worth it on a GPU)
+    compile_backend: str = "inductor"     # aot_eager: the same graphs without code generation (CPU tests)
+    fused_adamw: str = "auto"             # auto: fused AdamW kernels on CUDA, the reference loop on CPU
+    pad_multiple: int = 8                 # token lengths rounded up to a multiple: few distinct shapes
+    log_every: int = 10                   # the loss is read back from the device only on these steps
     mlflow_run_id: str | None = None      # rank 0 logs step metrics into this run
     # From-scratch learning (issue 9): without these the model learns each target from its own
     # prefix and the visual features collapse to a constant, so the image is shut out.
@@ -140,13 +145,14 @@ def example_loss(logits, labels, loc_range: tuple[int, int] | None = None, loc_s
 
     tok = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     if loc_range and loc_sigma > 0:
+        # computed at every position and selected, not gathered: no data-dependent shapes, no host sync
         a, b = loc_range
         is_loc = (labels >= a) & (labels < b)
-        if bool(is_loc.any()):
-            lp = F.log_softmax(logits[is_loc].float(), -1)[:, a:b]
-            bins = torch.arange(b - a, device=labels.device, dtype=torch.float32)
-            q = torch.exp(-(bins[None, :] - (labels[is_loc] - a).float()[:, None]) ** 2 / (2 * loc_sigma ** 2))
-            tok = tok.masked_scatter(is_loc, -(q / q.sum(1, keepdim=True) * lp).sum(1))
+        lp = F.log_softmax(logits.float(), -1)[..., a:b]
+        bins = torch.arange(b - a, device=labels.device, dtype=torch.float32)
+        centre = (labels - a).clamp(0, b - a - 1).float()[..., None]
+        q = torch.exp(-(bins - centre) ** 2 / (2 * loc_sigma ** 2))
+        tok = torch.where(is_loc, -(q / q.sum(-1, keepdim=True) * lp).sum(-1), tok)
     mask = (labels != -100).float()
     return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
@@ -218,70 +224,124 @@ def _per_example_mean(values, mask):
     return ((values * m).sum(1) / m.sum(1).clamp(min=1)).mean()
 
 
-def region_losses(model, out, inputs: dict, loc_range, cfg: Config):
+def region_targets(input_ids, labels, loc_range, text_config, image_token_id: int) -> dict | None:
+    """The targets of the region terms, built on the host from the batch's token ids (run it before the
+    batch moves to the device: parsing boxes on device tensors would sync every step).
+
+    ``cells`` (B, G*G): the label's first token for each image token inside a target box (larger boxes
+    first, so a smaller box in front keeps its cells), ``</s>`` for the others, -100 for examples
+    without boxes; ``where`` (B, L, G*G): for each target position that writes a box or its label, the
+    image tokens of that box.  ``first``/``grid`` locate the grid among the encoder's tokens."""
+    import torch
+
+    per_example = target_boxes(labels, loc_range, {text_config.bos_token_id, text_config.eos_token_id,
+                                                   text_config.pad_token_id})
+    if not any(per_example):
+        return None
+    is_image = (input_ids[0] == image_token_id).tolist()
+    n_image = sum(is_image)
+    grid = int(round(math.sqrt(n_image - 1)))  # the projector's global token comes first, then the grid
+    first = is_image.index(True) + 1
+    cells = torch.full((labels.shape[0], grid * grid), -100, dtype=torch.long)
+    where = torch.zeros(tuple(labels.shape) + (grid * grid,), dtype=torch.bool)
+    for i, boxes in enumerate(per_example):
+        if not boxes:
+            continue
+        cells[i] = text_config.eos_token_id
+        for word, box, span in sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1])):
+            m = box_cells(box, grid)
+            cells[i][m] = word
+            where[i, span] = m
+    return {"cells": cells, "where": where, "first": first, "grid": grid}
+
+
+def region_losses(model, out, targets: dict, cfg: Config):
     """(cell term, attention term) of the region supervision (``Config.region_cells`` / ``region_attention``);
     both are per-example means like ``example_loss``, so Horovod ranks average to the one-process value."""
     import torch
     import torch.nn.functional as F
 
     zero = out.logits.new_zeros(())
-    labels = inputs["labels"]
-    text = model.config.text_config
-    per_example = target_boxes(labels, loc_range, {text.bos_token_id, text.eos_token_id, text.pad_token_id})
-    if not any(per_example):
-        return zero, zero
-    is_image = inputs["input_ids"] == model.config.image_token_id
-    n_image = int(is_image[0].sum())
-    grid = int(round(math.sqrt(n_image - 1)))  # the projector's global token comes first, then the grid
-    first = int(is_image[0].nonzero()[0]) + 1
-    cells = torch.full((labels.shape[0], grid * grid), -100, dtype=torch.long, device=labels.device)
-    where = torch.zeros(labels.shape + (grid * grid,), dtype=torch.bool, device=labels.device)
-    for i, boxes in enumerate(per_example):
-        if not boxes:
-            continue
-        cells[i] = text.eos_token_id
-        for word, box, span in sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1])):
-            m = box_cells(box, grid).to(labels.device)
-            cells[i][m] = word  # larger boxes first: a smaller box in front keeps its own cells
-            where[i, span] = m
+    first, n = targets["first"], targets["grid"] ** 2
+    cells, where = targets["cells"], targets["where"]
     cell_term = zero
     if cfg.region_cells > 0:
-        enc = out.encoder_last_hidden_state[:, first:first + grid * grid]
+        enc = out.encoder_last_hidden_state[:, first:first + n]
         ce = F.cross_entropy(model.lm_head(enc).float().transpose(1, 2), cells, ignore_index=-100, reduction="none")
         cell_term = _per_example_mean(ce, cells != -100)
     attn_term = zero
-    supervised = where.any(-1)
-    if cfg.region_attention > 0 and out.cross_attentions and bool(supervised.any()):
+    if cfg.region_attention > 0 and out.cross_attentions:
         # mean over layers and heads of the attention paid to each grid token
-        att = torch.stack([c[..., first:first + grid * grid] for c in out.cross_attentions]).float().mean((0, 2))
-        attn_term = _per_example_mean(-torch.log((att * where.float()).sum(-1) + 1e-6), supervised)
+        att = torch.stack([c[..., first:first + n] for c in out.cross_attentions]).float().mean((0, 2))
+        attn_term = _per_example_mean(-torch.log((att * where.float()).sum(-1) + 1e-6), where.any(-1))
     return cell_term, attn_term
 
 
-def step_loss(model, inputs: dict, cfg: Config, loc_range=None):
-    """The training objective of one (micro-)batch: (total, task cross-entropy)."""
+def make_optimizer(model, cfg: Config, device: str):
+    import torch
+
+    fused = device.startswith("cuda") if cfg.fused_adamw == "auto" else cfg.fused_adamw in (True, "true")
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=fused or None)
+
+
+def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | None = None):
+    """The training objective of one (micro-)batch: (total, task cross-entropy).  ``regions`` is
+    ``region_targets`` of the batch; without it they are built here from ``inputs``."""
     captured = []
     hook = None
     if cfg.image_variance > 0:
         hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
-    regions = loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0)
+    use_regions = loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0)
+    if use_regions and regions is None:
+        regions = region_targets(inputs["input_ids"].cpu(), inputs["labels"].cpu(), loc_range,
+                                 model.config.text_config, model.config.image_token_id)
+        regions = regions and {k: v.to(inputs["labels"].device) if hasattr(v, "to") else v for k, v in regions.items()}
     try:
         labels = inputs["labels"]
-        out = model(**inputs, output_attentions=regions and cfg.region_attention > 0)
+        out = model(**inputs, output_attentions=bool(regions) and cfg.region_attention > 0)
     finally:
         if hook is not None:
             hook.remove()
     ce = example_loss(out.logits, labels, loc_range, cfg.loc_sigma)
     total = ce + cfg.image_variance * image_variance_loss(captured[0], cfg.image_variance_floor) if captured else ce
-    if regions:
-        cell_term, attn_term = region_losses(model, out, inputs, loc_range, cfg)
+    if use_regions and regions:
+        cell_term, attn_term = region_losses(model, out, regions, cfg)
         total = total + cfg.region_cells * cell_term + cfg.region_attention * attn_term
     return total, ce
 
 
+def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc_range, device: str):
+    """(inputs, region targets) on ``device``: token ids padded to a multiple of ``cfg.pad_multiple``
+    (fewer distinct shapes for a compiled model), region targets built on the host, then one
+    non-blocking copy (from pinned memory on CUDA)."""
+    import torch
+
+    if isinstance(pixels, list):  # decoded images: resize and normalise here (as tensors on a GPU)
+        pixels = proc.preprocess_tensor(pixels, device) if device.startswith("cuda") else proc.preprocess(pixels)
+    inputs = proc.batch([], prompts, targets, pad_multiple=cfg.pad_multiple) | {"pixel_values": torch.as_tensor(pixels)}
+    regions = None
+    if loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0):
+        regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,
+                                 model_config.image_token_id)
+    cuda = device.startswith("cuda")
+
+    def move(v):
+        if not hasattr(v, "to"):
+            return v
+        if cuda and v.device.type == "cpu":
+            v = v.pin_memory()
+        return v.to(device, non_blocking=cuda)
+
+    inputs = {k: move(v) for k, v in inputs.items()}
+    return inputs, regions and {k: move(v) for k, v in regions.items()}
+
+
 def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
-    """Fixed global order: global batch k is rows [k*B*size, (k+1)*B*size); rank r takes its slice."""
+    """Fixed global order: global batch k is rows [k*B*size, (k+1)*B*size); rank r takes its slice.
+    Yields decoded images (``prepare_batch`` resizes them, on the GPU when there is one); a thread
+    decodes the next batch while the current one trains."""
     import io
+    from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.parquet as pq
     from PIL import Image
@@ -292,10 +352,19 @@ def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
                               columns=["example_id", "prompt", "target", "content"]).to_pylist()
     rows.sort(key=lambda r: r["example_id"])
     global_b = cfg.batch_size * dist.size
-    for k in range(len(rows) // global_b):
+
+    def load(k):
         part = rows[k * global_b + dist.rank * cfg.batch_size: k * global_b + (dist.rank + 1) * cfg.batch_size]
-        pixels = proc.preprocess([Image.open(io.BytesIO(r["content"])) for r in part])
-        yield pixels, [r["prompt"] for r in part], [r["target"] for r in part]
+        images = [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in part]
+        return images, [r["prompt"] for r in part], [r["target"] for r in part]
+
+    n = len(rows) // global_b
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(load, 0) if n else None
+        for k in range(n):
+            item = ahead.result()
+            ahead = pool.submit(load, k + 1) if k + 1 < n else None
+            yield item
     yield ("rows", len(rows) if dist.rank == 0 else 0)
 
 
@@ -340,7 +409,7 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
         model.set_attn_implementation("eager")  # the only implementation that returns attention weights
     model.to(device).train()
     loc_range = modeling.loc_token_range(tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = make_optimizer(model, cfg, device)
     step, epoch, prior_s = 0, 0, 0.0
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:  # resume: every rank loads the same files
@@ -358,9 +427,11 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
         opt = dist.hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
                                             backward_passes_per_step=cfg.grad_accum, op=dist.hvd.Average)
     use_bf16 = device == "cuda" and cfg.bf16 in ("auto", True, "true")
+    if cfg.compile:
+        model.compile(backend=cfg.compile_backend)  # in place: state_dict keys and checkpoints stay those of the plain model
     mlflow_run = _mlflow(cfg) if dist.rank == 0 else None
     batches_fn = _batches_petastorm if cfg.source == "petastorm" else _batches_files
-    t0, seen, history = time.time(), 0, []
+    t0, seen, last_loss = time.time(), 0, None
 
     def minutes() -> float:  # training time, across resumes
         return (prior_s + time.time() - t0) / 60
@@ -395,10 +466,9 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
             if not training:
                 continue  # keep reading only to count this rank's rows
             pixels, prompts, targets = item
-            inputs = proc.batch([], prompts, targets) | {"pixel_values": torch.as_tensor(pixels)}
-            inputs = {k: v.to(device) for k, v in inputs.items()}
+            inputs, regions = prepare_batch(proc, pixels, prompts, targets, cfg, model.config, loc_range, device)
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
-                total, ce = step_loss(model, inputs, cfg, loc_range)
+                total, ce = step_loss(model, inputs, cfg, loc_range, regions)
             (total / cfg.grad_accum).backward()
             micro += 1
             seen += len(prompts) * dist.size
@@ -412,9 +482,9 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
             opt.zero_grad()  # Horovod's optimizer takes no set_to_none
             step += 1
             lr = set_lr()
-            value = ce.item()  # the task loss; the anti-collapse term is not part of it
-            history.append(value)
+            last_loss = ce.detach()  # the task loss; read back only when logged (a host sync)
             if dist.rank == 0 and (step % cfg.log_every == 0 or step == 1):
+                value = float(last_loss)
                 rate = seen / (time.time() - t0)
                 budget = (f"{minutes():.1f}/{cfg.max_minutes:g} min" if cfg.max_minutes and cfg.max_steps >= 10**5
                           else f"{step}/{cfg.max_steps}")
@@ -432,7 +502,7 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
         if dist.rank == 0 and not partial:
             check_count(total, data["rows"], f"epoch {epoch}")
         epoch += 1
-    result = {"steps": step, "epochs": epoch, "final_loss": history[-1] if history else None,
+    result = {"steps": step, "epochs": epoch, "final_loss": None if last_loss is None else float(last_loss),
               "examples_per_s": seen / max(time.time() - t0, 1e-9), "seconds": time.time() - t0}
     if dist.rank == 0:
         final = out / "model"

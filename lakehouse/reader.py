@@ -14,9 +14,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark.sql import functions as F
-
-from lakehouse.tables import TableRoot, read
 
 FIELDS = ("example_id", "task", "prompt", "target", "content", "width", "height")
 
@@ -35,7 +32,12 @@ class DeltaSlice:
     split: str
 
 
-def delta_slice(spark, root: TableRoot, version: int, split: str, name: str = "training_examples") -> DeltaSlice:
+def delta_slice(spark, root, version: int, split: str, name: str = "training_examples") -> DeltaSlice:
+    # Spark only here: the rest of this module runs where there is none (a GPU box reading files)
+    from pyspark.sql import functions as F
+
+    from lakehouse.tables import read
+
     df = read(spark, root, name, version=version).filter(F.col("split") == split)
     props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {root.ident(name)}").collect()}
     if props.get("delta.enableDeletionVectors", "false").lower() == "true":

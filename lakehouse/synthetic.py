@@ -450,3 +450,38 @@ def _write_bad_inputs(dirs, coco, cc_rows, laion_rows, seed) -> dict:
     return {"empty_file": 1, "not_an_image": 1, "truncated_image": 1, "unsupported_format": 1, "too_many_pixels": 1,
             # the missing COCO image appears in both the instances and the captions file
             "missing_file": 2, "malformed_record": 1, "forbidden": 2}
+
+
+def synthetic_rows(n_images: int, seed: int, tasks) -> list[dict]:
+    """Example rows straight from the synthetic world's ground truth, without Spark:
+    for learning experiments where the data must be exactly right (bench/image_ablation.py)."""
+    from florence2.targets import build_examples, from_synthetic
+    from florence2.tasks import build_prompt
+
+    rows = []
+    for scene, img in generate(n_images, seed=seed):
+        content = encode(img, "PNG")
+        for k, e in enumerate(build_examples(from_synthetic(scene.to_dict()), tasks)):
+            rows.append({"example_id": f"{scene.scene_id}-{k:03d}", "image_id": scene.scene_id, "task": e.task,
+                         "prompt": build_prompt(e.task, e.text, e.region, img.size), "target": e.target,
+                         "text_input": e.text, "region": list(e.region) if e.region else None,
+                         "content": content, "width": img.size[0], "height": img.size[1]})
+    return rows
+
+
+def write_recipe_data(rows: list[dict], out_dir, vocab_size: int = 1000) -> dict:
+    """Rows as one parquet file, a tokenizer trained on their text, and the recipe's ``data.json``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from florence2.tokenization import build_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "train.parquet")
+    build_tokenizer([r["target"] for r in rows] + [r["prompt"] for r in rows],
+                    vocab_size=vocab_size).save_pretrained(str(out / "tokenizer"))
+    data = {"files": [str(out / "train.parquet")], "rows": len(rows), "version": 0, "split": "train",
+            "tokenizer": str(out / "tokenizer")}
+    (out / "data.json").write_text(json.dumps(data))
+    return data

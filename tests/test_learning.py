@@ -11,7 +11,7 @@ import pytest
 
 from florence2 import modeling, recipe
 from florence2.evaluation import image_ablation
-from lakehouse.examples import synthetic_rows, write_recipe_data
+from lakehouse.synthetic import synthetic_rows, write_recipe_data
 
 TASKS = ["<CAPTION>"]
 

@@ -114,7 +114,7 @@ def test_objective_decomposes_over_examples():
     from PIL import Image
 
     from florence2 import modeling, recipe
-    from lakehouse.examples import synthetic_rows
+    from lakehouse.synthetic import synthetic_rows
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))

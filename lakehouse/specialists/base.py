@@ -46,6 +46,13 @@ class Specialist:
         ``polygons``, ``quad``, ``confidence`` (pixels, confidence in [0, 1])."""
         raise NotImplementedError
 
+    # a specialist that batches (a model on a GPU) overrides ``annotate_batch`` and sets this
+    batched = False
+
+    def annotate_batch(self, images: list, image_ids: list[str]) -> list[list[dict]]:
+        """Many images at once; the default is one ``annotate`` call each."""
+        return [self.annotate(im, i) for im, i in zip(images, image_ids)]
+
 
 def annotation_id(image_id: str, annotator: str, a: dict) -> str:
     key = json.dumps([image_id, annotator, a.get("kind"), a.get("text"), a.get("bbox"), a.get("quad"),
@@ -129,21 +136,42 @@ def _annotate_partition(specialists, round_, batches) -> Iterator:
     cols = ANNOTATE_SCHEMA.fieldNames()
     for pdf in batches:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        rows = []
+        rows, good = [], []
         for r in pdf.itertuples(index=False):
             try:
-                img = decode_rgb(r.content)
+                good.append((r, decode_rgb(r.content)))
             except Exception as e:  # bronze was validated, but a round must not die on one image
                 rows.append(_error_row(r.image_id, "decode", "-", round_, now, error_text(e)))
-                continue
-            for sp in specialists:
-                try:
-                    with _deadline(sp.timeout_s):
-                        anns = sp.annotate(img, r.image_id)
-                    rows += provenance_rows(r.image_id, r.width, r.height, sp, anns, round_, now)
-                except Exception as e:  # one (image, specialist) fails, the round goes on without it
-                    rows.append(_error_row(r.image_id, sp.name, str(sp.version), round_, now, error_text(e)))
+        for sp in specialists:
+            for (r, _), result in zip(good, _annotate_all(sp, good)):
+                if isinstance(result, BaseException):  # one (image, specialist) fails, the round goes on
+                    rows.append(_error_row(r.image_id, sp.name, str(sp.version), round_, now, error_text(result)))
+                else:
+                    rows += provenance_rows(r.image_id, r.width, r.height, sp, result, round_, now)
         yield pd.DataFrame(rows, columns=cols)
+
+
+def _annotate_one(sp: Specialist, img, image_id: str):
+    try:
+        with _deadline(sp.timeout_s):
+            return sp.annotate(img, image_id)
+    except Exception as e:
+        return e
+
+
+def _annotate_all(sp: Specialist, good: list) -> list:
+    """Each image's annotations, or the exception it raised.  A batching specialist gets the whole
+    Arrow batch in one call (its deadline scaled by the batch); if that call fails, the batch is
+    retried one image at a time, so only the images that fail are errors."""
+    if sp.batched and len(good) > 1:
+        try:
+            with _deadline(sp.timeout_s * len(good)):
+                out = sp.annotate_batch([img for _, img in good], [r.image_id for r, _ in good])
+            if len(out) == len(good):
+                return out
+        except Exception:
+            pass
+    return [_annotate_one(sp, img, r.image_id) for r, img in good]
 
 
 def run_specialists(images: DataFrame, specialists: list[Specialist], round_: int) -> DataFrame:

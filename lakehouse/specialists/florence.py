@@ -32,13 +32,18 @@ def resolve_model_dir(model: str) -> Path:
 
 
 class Florence2Specialist(Specialist):
+    """One model per Python worker (on its GPU when it has one); every image of an Arrow batch and
+    every task go through the predictor's batched path in one call."""
+
     name = "florence2"
     is_model = True
+    batched = True
     kinds = tuple(sorted(set(TASK_KINDS.values())))
 
     def __init__(self, model: str, tasks=tuple(TASK_KINDS), max_new_tokens: int = 256, version: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, batch_size: int = 16, device: str | None = None):
         self.model_uri, self.tasks, self.max_new_tokens = str(model), tuple(tasks), max_new_tokens
+        self.batch_size, self.device = batch_size, device
         self.version = version or Path(str(model)).name
         if name:
             self.name = name
@@ -47,23 +52,34 @@ class Florence2Specialist(Specialist):
         from florence2.predictor import Predictor
 
         return Predictor.from_pretrained(resolve_model_dir(self.model_uri), max_new_tokens=self.max_new_tokens,
-                                         device="cpu")
+                                         device=self.device, batch_size=self.batch_size)
 
     def annotate(self, image, image_id):
+        return self.annotate_batch([image], [image_id])[0]
+
+    def annotate_batch(self, images, image_ids):
         from florence2.predictor import Request
 
+        # task-major order: a predictor batch holds one task, so its prompts pad to one length
+        results = self.model().predict([Request(im, t) for t in self.tasks for im in images])
+        per_image = [[] for _ in images]
+        for k, res in enumerate(results):
+            per_image[k % len(images)] += self._annotations(res)
+        return per_image
+
+    @staticmethod
+    def _annotations(res) -> list[dict]:
         out = []
-        for res in self.model().predict([Request(image, t) for t in self.tasks]):
-            kind, ans = TASK_KINDS[res["task"]], res["answer"]
-            if kind.startswith("caption"):
-                if ans:
-                    out.append({"kind": kind, "text": ans, "confidence": res["score"]})
-            elif kind == "region":
-                out += [{"kind": "region", "text": lab, "description": lab, "bbox": b, "confidence": sc}
-                        for b, lab, sc in zip(ans["bboxes"], ans["labels"], ans["scores"]) if lab]
-            else:
-                for q, lab, sc in zip(ans["quad_boxes"], ans["labels"], ans["scores"]):
-                    xs, ys = q[0::2], q[1::2]
-                    out.append({"kind": "word", "text": lab, "quad": [float(v) for v in q],
-                                "bbox": [min(xs), min(ys), max(xs), max(ys)], "confidence": sc})
+        kind, ans = TASK_KINDS[res["task"]], res["answer"]
+        if kind.startswith("caption"):
+            if ans:
+                out.append({"kind": kind, "text": ans, "confidence": res["score"]})
+        elif kind == "region":
+            out += [{"kind": "region", "text": lab, "description": lab, "bbox": b, "confidence": sc}
+                    for b, lab, sc in zip(ans["bboxes"], ans["labels"], ans["scores"]) if lab]
+        else:
+            for q, lab, sc in zip(ans["quad_boxes"], ans["labels"], ans["scores"]):
+                xs, ys = q[0::2], q[1::2]
+                out.append({"kind": "word", "text": lab, "quad": [float(v) for v in q],
+                            "bbox": [min(xs), min(ys), max(xs), max(ys)], "confidence": sc})
         return out

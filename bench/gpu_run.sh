@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU figures of issues 11 and 9, as one script for a lent GPU box (no network, no Java,
+# no Spark): `bash bench/gpu_run.sh throughput` (~4 min), `bash bench/gpu_run.sh learning` (~7 min).
+# Results go to $OUT (or bench/results/gpu).  Carry the transformers wheel the lock pins in .whl/
+# where the box's own transformers differs (see the closing note of issue 11).
+set -u
+OUT=${OUT:-bench/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS=ignore
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+case "${1:-throughput}" in
+throughput)
+  timeout 150 python3 bench/predictor_throughput.py --device cuda --sizes base --images 256 --batch-size 128 \
+    --old-images 64 --old-batch-size 32 --loop-images 24 --out "$OUT/predictor_cuda_base_bf16.json" 2>&1 | tail -4
+  timeout 70 python3 bench/predictor_throughput.py --device cuda --sizes base --dtype fp32 --images 16 --batch-size 16 \
+    --loop-images 16 --out "$OUT/predictor_cuda_base_fp32.json" 2>&1 | tail -4
+  timeout 240 python3 bench/train_throughput.py --size base --batch 32 --warmup 4 --steps 8 \
+    --out "$OUT/train_throughput_base_cuda.json" 2>&1 | grep -v Warning | tail -12
+  ;;
+learning)
+  timeout 500 python3 bench/learning_report.py --direct --size small --images 4000 --minutes 5 --batch 64 \
+    --out "$OUT/learning_report_direct_small_cuda" 2>&1 | grep -v -i "warn\|shards\|Loading weights" | tail -30
+  ;;
+esac
+ls -la "$OUT"
