@@ -48,7 +48,8 @@ class Config:
     compile: bool = False                 # torch.compile the model (long first steps; worth it on a GPU)
     compile_backend: str = "inductor"     # aot_eager: the same graphs without code generation (CPU tests)
     fused_adamw: str = "auto"             # auto: fused AdamW kernels on CUDA, the reference loop on CPU
-    pad_multiple: int = 8                 # token lengths rounded up to a multiple: few distinct shapes
+    pad_multiple: int = 0                 # token lengths rounded up to a multiple (few distinct shapes for a
+                                          # compiled model); 0: 8 when compiling, else 1 (padding costs on CPU)
     log_every: int = 10                   # the loss is read back from the device only on these steps
     mlflow_run_id: str | None = None      # rank 0 logs step metrics into this run
     # From-scratch learning (issue 9): without these the model learns each target from its own
@@ -318,7 +319,8 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
 
     if isinstance(pixels, list):  # decoded images: resize and normalise here (as tensors on a GPU)
         pixels = proc.preprocess_tensor(pixels, device) if device.startswith("cuda") else proc.preprocess(pixels)
-    inputs = proc.batch([], prompts, targets, pad_multiple=cfg.pad_multiple) | {"pixel_values": torch.as_tensor(pixels)}
+    multiple = cfg.pad_multiple or (8 if cfg.compile else 1)
+    inputs = proc.batch([], prompts, targets, pad_multiple=multiple) | {"pixel_values": torch.as_tensor(pixels)}
     regions = None
     if loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0):
         regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,

@@ -17,8 +17,13 @@ class FlakyRegions(Specialist):
 
     name, version, kinds = "flaky", "1", ("region",)
 
-    def __init__(self, fail_on=(), hang_on=(), timeout_s: float = 120.0):
-        self.fail_on, self.hang_on, self.timeout_s = list(fail_on), list(hang_on), timeout_s
+    def __init__(self, fail_on=(), hang_on=(), timeout_s: float = 120.0, batched: bool = False):
+        self.fail_on, self.hang_on, self.timeout_s, self.batched = list(fail_on), list(hang_on), timeout_s, batched
+        self.batch_calls = 0
+
+    def annotate_batch(self, images, image_ids):
+        self.batch_calls += 1  # one bad image fails the whole batch, as a model on a GPU would
+        return [self.annotate(im, i) for im, i in zip(images, image_ids)]
 
     def annotate(self, image, image_id):
         if image_id in self.fail_on:

@@ -163,6 +163,27 @@ def test_a_specialist_failing_on_some_images_is_counted_not_fatal(spark, engine)
     assert latest_published_round(spark, root) == 1 and current_version(spark, root, "gold_fld") == gold_before
 
 
+def test_a_batch_that_fails_is_retried_image_by_image():
+    """A batching specialist gets the whole Arrow batch in one call; when that call raises, each image
+    is retried alone, so only the image that fails becomes an error row."""
+    import sys
+    from types import SimpleNamespace
+
+    from lakehouse.specialists.base import _annotate_all
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from broken_specialist import FlakyRegions
+
+    good = [(SimpleNamespace(image_id=f"img{k}"), object()) for k in range(5)]
+    sp = FlakyRegions(fail_on=["img2"], batched=True)
+    out = _annotate_all(sp, good)
+    assert sp.batch_calls == 1 and isinstance(out[2], IndexError)
+    assert [o for k, o in enumerate(out) if k != 2] == [[{"kind": "region", "text": "circle", "bbox": [1, 1, 20, 20],
+                                                          "confidence": 0.9}]] * 4
+    ok = FlakyRegions(batched=True)
+    assert len(_annotate_all(ok, good)) == 5 and ok.batch_calls == 1
+
+
 def test_statistics_report(spark, engine, tmp_path):
     from lakehouse.statistics import write_report
 

@@ -140,6 +140,63 @@ def test_objective_decomposes_over_examples():
     assert float((g4 - (ga + gb) / 2).norm() / g4.norm()) < 1e-5
 
 
+def test_efficiency_options_keep_the_loss():
+    """Issue 11's training options (fused AdamW, length buckets, a compiled model, no per-step sync)
+    give the plain step's loss on a fixed batch, step after step (fp32).  The compiled model here uses
+    the aot_eager backend: the same captured graphs and autograd as inductor without its C++ code
+    generation, which takes minutes on this CPU; inductor itself runs in bench/train_throughput.py."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from florence2 import modeling, recipe
+    from lakehouse.synthetic import synthetic_rows
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    rows = synthetic_rows(4, 5, ["<OD>", "<CAPTION>", "<OCR_WITH_REGION>"])[:6]
+    tok = tokenizer()
+    images = [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in rows]
+
+    def losses(**options):
+        torch.manual_seed(0)
+        model, proc = modeling.create("tiny", tok)
+        cfg = recipe.Config(**options)
+        model.set_attn_implementation("eager")
+        if cfg.compile:
+            model.compile(backend=cfg.compile_backend)
+        model.train()
+        opt, loc, out = recipe.make_optimizer(model, cfg, "cpu"), modeling.loc_token_range(tok), []
+        for _ in range(3):
+            inputs, regions = recipe.prepare_batch(proc, images, [r["prompt"] for r in rows],
+                                                   [r["target"] for r in rows], cfg, model.config, loc, "cpu")
+            total, _ = recipe.step_loss(model, inputs, cfg, loc, regions)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            out.append(total.detach())
+        return [float(x) for x in out], inputs
+
+    plain, plain_inputs = losses(pad_multiple=1, fused_adamw="false")
+    fast, fast_inputs = losses(pad_multiple=8, fused_adamw="true", compile=True, compile_backend="aot_eager")
+    assert fast_inputs["labels"].shape[1] % 8 == 0 and fast_inputs["labels"].shape[1] > plain_inputs["labels"].shape[1]
+    assert plain[0] > plain[2]  # it trains
+    assert all(abs(a - b) < 1e-5 * abs(a) for a, b in zip(plain, fast)), (plain, fast)
+
+
+def test_compiled_training_resumes_from_checkpoint(pinned, tmp_path):
+    s, *_ = pinned
+    out = tmp_path / "run"
+    opts = ["source=files", "batch_size=2", "checkpoint_every=2", "compile=true", "compile_backend=aot_eager",
+            "fused_adamw=true"]
+    _recipe(s.home / "data.json", out, *opts, "max_steps=2")
+    r = _recipe(s.home / "data.json", out, *opts, "max_steps=4")
+    assert "resumed from" in r.stdout and "step-0000002" in r.stdout
+    assert json.loads((out / "result.json").read_text())["steps"] == 4
+
+
 def _params_fresh(s):
     from florence2 import modeling
     from florence2.tokenization import load_tokenizer
