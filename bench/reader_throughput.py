@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lakehouse.config import load_settings  # noqa: E402
-from lakehouse.reader import check_count, delta_slice, iterate_rows, make_reader  # noqa: E402
+from florence2.recipe import check_count  # noqa: E402
+from lakehouse.reader import delta_slice, iterate_rows, make_reader  # noqa: E402
 from lakehouse.spark import get_spark  # noqa: E402
 from lakehouse.tables import TableRoot, current_version  # noqa: E402
 

@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from lakehouse.geometry import iou
+from florence2.geometry import iou
 
 
 def cider(candidates: dict, references: dict) -> float:

@@ -30,11 +30,6 @@ def quantize_points(coords, image_size) -> list[int]:
     return [quantize(v, w if i % 2 == 0 else h) for i, v in enumerate(coords)]
 
 
-def dequantize_points(bins, image_size, as_int: bool = False) -> list:
-    w, h = image_size
-    return [dequantize(q, w if i % 2 == 0 else h, as_int) for i, q in enumerate(bins)]
-
-
 def tokens(bins) -> str:
     return "".join(f"<loc_{q}>" for q in bins)
 
@@ -43,11 +38,8 @@ def box_tokens(box, image_size) -> str:
     return tokens(quantize_points(box, image_size))
 
 
-region_tokens = box_tokens
-
-
-def quad_tokens(quad, image_size) -> str:
-    return tokens(quantize_points(quad, image_size))
+# a region (REGION_TO_* prompts) and an OCR quad serialise like a box: each x, y pair in order
+region_tokens = quad_tokens = box_tokens
 
 
 def polygon_tokens(polygons, image_size) -> str:

@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 
+from florence2.locations import LOC_RE
 from florence2.tasks import get_task
 
 # Equals the post-processing config of the official converted checkpoints
@@ -38,7 +39,6 @@ POST_PROCESSOR_CONFIG = {
 
 _TEXT_PATTERN = r"^\s*(.*?)(?=<od>|</od>|<box>|</box>|<bbox>|</bbox>|<loc_)"
 _BOX_PATTERN = r"<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>"
-_LOC = re.compile(r"<loc_(\d+)>")
 _P = len("<loc_")  # ``locs`` are offsets of the "<loc_" that starts each location token
 
 
@@ -142,7 +142,7 @@ def parse_description_with_polygons(text, image_size, as_int=True, allow_empty_p
                 continue
             polygons, locs = [], []
             for m in matches:
-                lm = list(_LOC.finditer(m.group(1)))
+                lm = list(LOC_RE.finditer(m.group(1)))
                 if len(lm) % 2 == 1:
                     lm = lm[:-1]
                 polygons.append(_deq([int(x.group(1)) for x in lm], image_size, as_int))

@@ -1,13 +1,14 @@
 """The training recipe: an explicit loop, a YAML config, command-line overrides.
 
-    python -m florence2.recipe --config configs/train_tiny.yaml --data run/data.json step.max_steps=200
-    horovodrun -np 2 --gloo python -m florence2.recipe --config ... --data run/data.json
+    python -m florence2.recipe --config configs/train_tiny.yaml --data run/data.json source=files
+    horovodrun -np 2 --gloo python -m lakehouse.training --config ... --data run/data.json
 
 ``--data`` is written by ``jobs.train`` (the Spark side): the exact parquet files
 of one Delta version of ``training_examples``, their row count, and the
 tokenizer directory.  Without Horovod in the environment (no ``horovodrun``) the
-recipe runs as one process.  Each step: read a batch (Petastorm, or the files in
-a fixed global order), forward, per-example mean cross-entropy, backward,
+recipe runs as one process.  The recipe imports nothing from the lakehouse: it
+reads the files itself (``source=files``) or is handed a batch source
+(``lakehouse.training`` hands it Petastorm's).  Each step: read a batch, forward, per-example mean cross-entropy, backward,
 (accumulate), all-reduce gradients, clip, AdamW, LR schedule.  Rank 0 writes
 checkpoints every ``checkpoint_every`` steps and the run resumes from the
 newest one after a crash.
@@ -370,31 +371,30 @@ def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
     yield ("rows", len(rows) if dist.rank == 0 else 0)
 
 
-def _batches_petastorm(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
-    import numpy as np
-
-    from lakehouse.reader import DeltaSlice, iterate_rows, make_reader
-
-    sl = DeltaSlice(tuple(data["files"]), data["rows"], data["version"], data["split"])
-    buf, n = [], 0
-    with make_reader(sl, proc.image_size, proc.image_mean, proc.image_std, dist.rank, dist.size,
-                     pool=cfg.reader_pool, workers=cfg.reader_workers, seed=cfg.seed + epoch) as reader:
-        for row in iterate_rows(reader):
-            n += 1
-            buf.append(row)
-            if len(buf) == cfg.batch_size:
-                yield np.stack([r["pixel_values"] for r in buf]), [r["prompt"] for r in buf], [r["target"] for r in buf]
-                buf = []
-    yield ("rows", n)
+class ShortReadError(RuntimeError):
+    """An epoch read fewer (or more) rows than the data version holds."""
 
 
-def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
+def check_count(read_rows: int, expected: int, what: str) -> None:
+    if read_rows != expected:
+        raise ShortReadError(f"{what}: read {read_rows} rows, the Delta version holds {expected}")
+
+
+# source name -> batches(data, cfg, dist, epoch, proc): yields (pixels or images, prompts, targets) per
+# batch, then ("rows", rows this rank read); callers add theirs (``train(sources=...)``)
+SOURCES = {"files": _batches_files}
+
+
+def train(cfg: Config, data: dict, dist: Dist | None = None, log=print, sources: dict | None = None) -> dict:
     import torch
 
     from florence2 import modeling
     from florence2.tokenization import load_tokenizer
-    from lakehouse.reader import check_count
 
+    batches_fn = (SOURCES | (sources or {})).get(cfg.source)
+    if batches_fn is None:
+        raise ValueError(f"source={cfg.source!r} is not a batch source here (have: {', '.join(SOURCES | (sources or {}))}); "
+                         "source=petastorm runs through python -m lakehouse.training")
     dist = dist or Dist()
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -432,7 +432,6 @@ def train(cfg: Config, data: dict, dist: Dist | None = None, log=print) -> dict:
     if cfg.compile:
         model.compile(backend=cfg.compile_backend)  # in place: state_dict keys and checkpoints stay those of the plain model
     mlflow_run = _mlflow(cfg) if dist.rank == 0 else None
-    batches_fn = _batches_petastorm if cfg.source == "petastorm" else _batches_files
     t0, seen, last_loss = time.time(), 0, None
 
     def minutes() -> float:  # training time, across resumes
@@ -560,14 +559,14 @@ def _save_checkpoint(ckpt_dir: Path, model, opt, step: int, epoch: int, seconds:
     tmp.rename(dest)  # atomic: a kill mid-write leaves no half checkpoint
 
 
-def main(argv=None) -> dict:
+def main(argv=None, sources: dict | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--data", required=True, help="data.json written by jobs.train")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the YAML config")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    return train(cfg, json.loads(Path(args.data).read_text()))
+    return train(cfg, json.loads(Path(args.data).read_text()), sources=sources)
 
 
 if __name__ == "__main__":

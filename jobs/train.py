@@ -25,7 +25,8 @@ from lakehouse.tracking import configure_mlflow
 def _spark_fn(cfg_dict: dict, data: dict, env: dict):
     """Runs in each Horovod process that horovod.spark starts (must be importable)."""
     os.environ.update(env)
-    from florence2.recipe import Config, train
+    from florence2.recipe import Config
+    from lakehouse.training import train
 
     return train(Config(**cfg_dict), data)
 
@@ -107,12 +108,12 @@ def main(argv=None) -> dict:
         cfg = dataclasses.replace(cfg, mlflow_run_id=run.info.run_id)
         env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
         if args.launcher == "local":
-            from florence2.recipe import train
+            from lakehouse.training import train
 
             result = train(cfg, data)
         elif args.launcher == "horovodrun":
             cmd = [str(Path(sys.executable).with_name("horovodrun")), "-np", str(args.np), "-H", f"localhost:{args.np}", "--gloo", sys.executable, "-m",
-                   "florence2.recipe", "--data", str(run_dir / "data.json"),
+                   "lakehouse.training", "--data", str(run_dir / "data.json"),
                    *[f"{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg).items()]]
             subprocess.run(cmd, check=True, env={**os.environ, **env, "FLD_RECIPE_OWNS_RUN": "0"})
             result = json.loads((run_dir / "result.json").read_text())

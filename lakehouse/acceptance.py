@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from lakehouse.geometry import iou
+from florence2.geometry import iou
 
 CAPTION_LEVELS = {"caption_brief": "brief", "caption_detailed": "detailed", "caption_more_detailed": "more_detailed"}
 

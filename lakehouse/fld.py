@@ -9,16 +9,12 @@ import json
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakehouse.geometry import iou
+from florence2.geometry import iou
 from lakehouse.tables import TABLES, TableRoot, delta_table, read
 
 HUMAN_CONFIDENCE = 1.0
 # Which caption granularity a human caption is, by its length in words.
 CAPTION_WORDS = ((15, "caption_brief"), (50, "caption_detailed"), (10**9, "caption_more_detailed"))
-
-
-def caption_kind(n_words: int) -> str:
-    return next(k for limit, k in CAPTION_WORDS if n_words <= limit)
 
 
 def human_annotations(spark, root: TableRoot, round_: int) -> DataFrame:

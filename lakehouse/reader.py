@@ -18,11 +18,6 @@ import numpy as np
 FIELDS = ("example_id", "task", "prompt", "target", "content", "width", "height")
 
 
-class ShortReadError(RuntimeError):
-    """A reader returned fewer rows than the Delta version holds."""
-
-
-@dataclass(frozen=True)
 class DeltaSlice:
     """The files and row count of one split of one Delta version."""
 
@@ -92,6 +87,17 @@ def iterate_rows(reader):
             yield {k: (v[i].decode() if isinstance(v[i], bytes) else v[i]) for k, v in cols.items()}
 
 
-def check_count(read_rows: int, expected: int, what: str) -> None:
-    if read_rows != expected:
-        raise ShortReadError(f"{what}: read {read_rows} rows, the Delta version holds {expected}")
+def petastorm_batches(data: dict, cfg, dist, epoch: int, proc):
+    """The recipe's Petastorm batch source (``florence2.recipe.SOURCES`` protocol): this rank's shard of
+    the pinned files, decoded in the reader's pool, then ("rows", rows read)."""
+    sl = DeltaSlice(tuple(data["files"]), data["rows"], data["version"], data["split"])
+    buf, n = [], 0
+    with make_reader(sl, proc.image_size, proc.image_mean, proc.image_std, dist.rank, dist.size,
+                     pool=cfg.reader_pool, workers=cfg.reader_workers, seed=cfg.seed + epoch) as reader:
+        for row in iterate_rows(reader):
+            n += 1
+            buf.append(row)
+            if len(buf) == cfg.batch_size:
+                yield np.stack([r["pixel_values"] for r in buf]), [r["prompt"] for r in buf], [r["target"] for r in buf]
+                buf = []
+    yield ("rows", n)

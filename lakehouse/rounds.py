@@ -24,7 +24,7 @@ from lakehouse.specialists import from_config, run_specialists, split_errors
 from lakehouse.statistics import round_statistics
 from lakehouse.tables import TABLES, TableRoot, current_version, ensure_tables, merge_insert, read
 from quality import audit
-from quality.gate import GateConfig, annotations_view, audit_view, errors_view, gold_view, run_gate
+from quality.gate import GateConfig, GateResult, annotations_view, audit_view, errors_view, gold_view, run_gate
 
 DEFAULT_SPECIALISTS = ({"type": "tesseract"}, {"type": "rapidocr"}, {"type": "contours"})
 
@@ -251,7 +251,8 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
     if checks:
         views["audit"] = audit_view(spark, checks)
     views["errors"] = errors_view(spark, [s.name for s in specialists], n_images, error_counts)
-    gate = run_gate(spark, root, settings.home, cfg.round, views, cfg.gate)
+    gate = run_gate(settings.home, views, cfg.gate)
+    record_gate(spark, root, cfg.round, gate)
     log(gate.summary())
     stats = round_statistics(candidate, silver)
     if gate.success:
@@ -270,3 +271,13 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
         raise GateFailed(f"round {cfg.round} not published; latest published round stays "
                          f"{latest_published_round(spark, root)}\n{gate.summary()}")
     return result
+
+
+def record_gate(spark, root: TableRoot, round_: int, result: GateResult) -> None:
+    """One ``quality_results`` row per suite of a gate run."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    run_id = f"round-{round_}-{now:%Y%m%dT%H%M%S%f}"
+    rows = [(run_id, round_, name, r["success"], r["evaluated"], len(r["failed"]), json.dumps(r["failed"]),
+             json.dumps(r, default=str), result.docs, now) for name, r in result.per_suite.items()]
+    df = spark.createDataFrame(rows, TABLES["quality_results"].schema)
+    merge_insert(spark, root, "quality_results", df, ["run_id", "suite"])

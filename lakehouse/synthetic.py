@@ -24,7 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from lakehouse.geometry import iou, overlaps
+from florence2.geometry import iou, overlaps
+from florence2.vocabulary import position_name
 
 CATEGORIES = ("circle", "square", "triangle", "star", "hexagon", "pentagon", "diamond", "cross")
 PLURALS = {c: c + "es" if c.endswith("s") else c + "s" for c in CATEGORIES}
@@ -105,14 +106,6 @@ def _shape_polygon(cat: str, cx: float, cy: float, r: float, rot: float) -> list
     raise ValueError(f"unknown category {cat!r}")
 
 
-def _position_name(cx: float, cy: float, w: int, h: int) -> str:
-    col = ("left", "", "right")[min(2, int(3 * cx / w))]
-    row = ("top", "", "bottom")[min(2, int(3 * cy / h))]
-    if not row and not col:
-        return "center"
-    return f"{row} {col}".strip()
-
-
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -143,7 +136,7 @@ def make_scene(rng: random.Random, scene_id: str) -> tuple[Scene, Image.Image]:
         color = rng.choice(list(COLORS))
         draw.polygon(poly, fill=COLORS[color])
         objects.append(SceneObject(len(objects), cat, color, size, [round(v, 2) for v in bbox],
-                                   [round(v, 2) for p in poly for v in p], _position_name(cx, cy, w, h)))
+                                   [round(v, 2) for p in poly for v in p], position_name(cx, cy, w, h)))
     words: list[Word] = []
     for _ in range(rng.choice((0, 1, 1, 2))):
         text = rng.choice(WORDS)

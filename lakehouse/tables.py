@@ -12,6 +12,8 @@ import re
 
 from pyspark.sql import types as T
 
+from florence2.vocabulary import ANNOTATION_KINDS
+
 # Why an input was quarantined instead of landing in bronze.
 QUARANTINE_REASONS = (
     "empty_file",          # zero bytes
@@ -31,8 +33,6 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 LABEL_KINDS = ("class", "box", "polygon", "caption", "word")
 # What specialists and human labels become in silver: captions at three granularities,
 # regions (box + label + description + optional polygons), OCR words, image-level classes.
-CAPTION_KINDS = ("caption_brief", "caption_detailed", "caption_more_detailed")
-ANNOTATION_KINDS = CAPTION_KINDS + ("region", "word", "class")
 
 # One human label carried by a source: a class, a box (+ polygons), a caption, an OCR word.
 LABEL = T.StructType([

@@ -8,8 +8,6 @@ granularity; a caption key), not copies of the tables.  Results go to the
 """
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +15,8 @@ from pathlib import Path
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from florence2.vocabulary import ANNOTATION_KINDS, CAPTION_KINDS
 from quality.audit import AuditConfig
-from lakehouse.tables import ANNOTATION_KINDS, CAPTION_KINDS, TABLES, TableRoot, merge_insert
 
 
 @dataclass(frozen=True)
@@ -136,9 +134,9 @@ def _context(home: Path):
     return ctx
 
 
-def run_gate(spark, root: TableRoot, home: Path, round_: int, views: dict[str, DataFrame],
-             cfg: GateConfig = GateConfig()) -> GateResult:
-    """Validate each view with its suite in one checkpoint; record results; build data docs."""
+def run_gate(home: Path, views: dict[str, DataFrame], cfg: GateConfig = GateConfig()) -> GateResult:
+    """Validate each view with its suite in one checkpoint and build data docs.  The caller (the round)
+    records the result: this package defines suites over DataFrames and writes no tables."""
     import great_expectations as gx
 
     ctx = _context(Path(home))
@@ -190,19 +188,8 @@ def run_gate(spark, root: TableRoot, home: Path, round_: int, views: dict[str, D
     sites = ctx.get_docs_sites_urls()
     if sites:
         docs = sites[0].get("site_url")
-    result = GateResult(all(r["success"] for r in per_suite.values()), per_suite, docs)
-    _record(spark, root, round_, result)
-    return result
+    return GateResult(all(r["success"] for r in per_suite.values()), per_suite, docs)
 
 
 def _kwargs(kw) -> str:
     return ", ".join(f"{k}={v}" for k, v in kw.items() if k not in ("batch_id",))
-
-
-def _record(spark, root: TableRoot, round_: int, result: GateResult) -> None:
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    run_id = f"round-{round_}-{now:%Y%m%dT%H%M%S%f}"
-    rows = [(run_id, round_, name, r["success"], r["evaluated"], len(r["failed"]), json.dumps(r["failed"]),
-             json.dumps(r, default=str), result.docs, now) for name, r in result.per_suite.items()]
-    df = spark.createDataFrame(rows, TABLES["quality_results"].schema)
-    merge_insert(spark, root, "quality_results", df, ["run_id", "suite"])

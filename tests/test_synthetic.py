@@ -1,7 +1,7 @@
 import json
 import re
 
-from lakehouse.geometry import overlaps
+from florence2.geometry import overlaps
 from lakehouse.synthetic import CATEGORIES, generate, write_world
 
 

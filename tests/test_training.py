@@ -13,7 +13,8 @@ import pytest
 
 from lakehouse.examples import build_training_examples, write_training_examples
 from lakehouse.ingest import run_ingest
-from lakehouse.reader import ShortReadError, check_count, delta_slice, iterate_rows, make_reader
+from florence2.recipe import ShortReadError, check_count
+from lakehouse.reader import delta_slice, iterate_rows, make_reader
 from lakehouse.rounds import RoundConfig, run_round
 from lakehouse.synthetic import write_world
 from lakehouse.tables import TableRoot, read
@@ -72,7 +73,7 @@ def test_petastorm_reads_exactly_the_pinned_version(spark, pinned):
 
 
 def _recipe(data_path, out, *over, np_=1, timeout=900, **popen):
-    base = [sys.executable, "-m", "florence2.recipe", "--data", str(data_path), f"output_dir={out}", "seed=0",
+    base = [sys.executable, "-m", "lakehouse.training", "--data", str(data_path), f"output_dir={out}", "seed=0",
             "lr=0.001", "warmup_steps=2", "checkpoint_every=0", "log_every=1", "reader_pool=dummy", *over]
     cmd = ([str(Path(sys.executable).with_name("horovodrun")), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo"] + base) if np_ > 1 else base
     if popen:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from florence2.vocabulary import CAPTION_TASKS
 from lakehouse.specialists.base import Specialist
 
-TASK_KINDS = {
-    "<CAPTION>": "caption_brief", "<DETAILED_CAPTION>": "caption_detailed",
-    "<MORE_DETAILED_CAPTION>": "caption_more_detailed", "<OD>": "region", "<OCR_WITH_REGION>": "word",
-}
+TASK_KINDS = {task: kind for kind, task in CAPTION_TASKS.items()} | {"<OD>": "region", "<OCR_WITH_REGION>": "word"}
 
 
 def resolve_model_dir(model: str) -> Path:

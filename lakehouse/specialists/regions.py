@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from florence2.vocabulary import position_name
 from lakehouse.specialists.base import Specialist
 
 # A generic colour-name table (not the synthetic world's palette).
@@ -118,7 +119,7 @@ class ContourRegions(Specialist):
         for i, r in enumerate(sorted(regions, key=lambda r: (r["bbox"][1], r["bbox"][0]))):
             x0, y0, x1, y1 = r["bbox"]
             objs.append(synthetic.SceneObject(i, r["text"], r["_color"], r["_size"], r["bbox"], r["polygons"][0],
-                                              synthetic._position_name((x0 + x1) / 2, (y0 + y1) / 2, w, h)))
+                                              position_name((x0 + x1) / 2, (y0 + y1) / 2, w, h)))
         scene = synthetic.Scene("detected", w, h, bg, objs, [])
         synthetic.describe(scene)
         no_text = " There is no text anywhere in the image."   # the captioner cannot see text

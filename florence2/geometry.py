@@ -1,4 +1,4 @@
-"""Box geometry shared by the synthetic world, the filters, the merge and evaluation."""
+"""Box geometry shared by the synthetic world, the filters, the merge and evaluation (the lowest layer: no imports of ours)."""
 from __future__ import annotations
 
 

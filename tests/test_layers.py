@@ -1,0 +1,32 @@
+"""The direction of imports (issue 12): the import-linter contract in pyproject.toml holds, and
+the same check reports a planted violation (so it can fail)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = str(Path(sys.executable).with_name("lint-imports"))
+PACKAGES = ("jobs", "lakehouse", "quality", "florence2")
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([LINT, "--config", str(root / "pyproject.toml"), "--no-cache"], cwd=root,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(root), "PATH": ""}, timeout=300)
+
+
+def test_imports_flow_one_way():
+    r = _lint(ROOT)
+    assert r.returncode == 0 and "1 kept, 0 broken" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_planted_upward_import_is_reported(tmp_path):
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    geometry = tmp_path / "florence2" / "geometry.py"
+    geometry.write_text(geometry.read_text() + "\n\ndef _tables():\n    from lakehouse import tables\n    return tables\n")
+    r = _lint(tmp_path)
+    assert r.returncode != 0 and "florence2.geometry -> lakehouse.tables" in r.stdout, r.stdout + r.stderr
