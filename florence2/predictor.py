@@ -26,7 +26,7 @@ from typing import Any
 
 from florence2.locations import LOC_RE
 from florence2.parsing import format_answer, parse_instances
-from florence2.processing import Florence2Processor, ImageInputError, to_pil
+from florence2.processing import Florence2Processor, ImageInputError, image_header, to_pil
 from florence2.tasks import TaskInputError, build_prompt, get_task
 
 
@@ -42,10 +42,15 @@ class PredictionInputError(ValueError):
     """A request that cannot be run; the message names the request and the reason."""
 
 
+class PredictionTimeout(TimeoutError):
+    """``predict``'s deadline passed; the work stopped at the next batch or decoding checkpoint."""
+
+
 class Predictor:
     def __init__(self, model, processor: Florence2Processor, device: str | None = None, num_beams: int = 1,
                  max_new_tokens: int = 256, batch_size: int = 8, min_new_tokens: int = 0, fast: bool = True,
-                 preprocess: str = "auto", decode_threads: int = 4, check_every: int | None = None):
+                 preprocess: str = "auto", decode_threads: int = 4, check_every: int | None = None,
+                 formats: tuple[str, ...] | None = None, max_image_pixels: int | None = None):
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,6 +64,10 @@ class Predictor:
         if preprocess not in ("auto", "pil", "tensor"):
             raise ValueError(f"preprocess must be auto, pil or tensor, not {preprocess!r}")
         self.preprocess = preprocess if preprocess != "auto" else ("tensor" if self.device.startswith("cuda") else "pil")
+        self._deadline = None
+        # what an untrusted caller may send (None: anything PIL opens, any size)
+        self.formats, self.max_image_pixels = formats, max_image_pixels
+        self.max_positions = model.config.text_config.max_position_embeddings
         tok = processor.tokenizer
         self._skip = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
         self._loc_ids = {tok.convert_tokens_to_ids(f"<loc_{i}>") for i in range(1000)}
@@ -71,32 +80,67 @@ class Predictor:
         return cls(model, proc, **kw)
 
     def prepare(self, requests: list[Request]):
-        """Validate every request before running any; returns (images, prompts, sizes)."""
-        def one(i_r):
-            i, r = i_r
+        """Validate every request before running any, from image headers only (nothing is decoded
+        here); returns (images as given, prompts, sizes)."""
+        tok = self.processor.tokenizer
+        prompts, sizes = [], []
+        for i, r in enumerate(requests):
             try:
                 get_task(r.task)
-                img = to_pil(r.image)
-                return img, build_prompt(r.task, r.text, r.region, img.size)
+                size, fmt = image_header(r.image)
+                if self.formats is not None and fmt not in self.formats:
+                    raise ImageInputError(f"{fmt or 'raw pixel'} images are not accepted (accepted: {', '.join(self.formats)})")
+                if self.max_image_pixels and size[0] * size[1] > self.max_image_pixels:
+                    raise ImageInputError(f"image is {size[0]}x{size[1]} = {size[0] * size[1]} pixels; "
+                                          f"the limit is {self.max_image_pixels}")
+                prompt = build_prompt(r.task, r.text, r.region, size)
             except (TaskInputError, ImageInputError) as e:
                 raise PredictionInputError(f"request {i} ({r.task}): {e}") from None
+            # the encoder's learned positions end somewhere: say so instead of an IndexError inside the model
+            n = self.processor.num_image_tokens + len(tok(prompt, add_special_tokens=False).input_ids) + 2
+            if n > self.max_positions:
+                raise PredictionInputError(f"request {i} ({r.task}): the prompt is {n} tokens with the image's; "
+                                           f"this model reads at most {self.max_positions}")
+            prompts.append(prompt)
+            sizes.append(size)
+        return [r.image for r in requests], prompts, sizes
 
-        # image decoding releases the GIL: threads keep up with a GPU
-        if self.decode_threads > 1 and len(requests) > 1:
-            with ThreadPoolExecutor(min(self.decode_threads, len(requests))) as pool:
-                done = list(pool.map(one, enumerate(requests)))
-        else:
-            done = [one(x) for x in enumerate(requests)]
-        images = [d[0] for d in done]
-        return images, [d[1] for d in done], [im.size for im in images]
+    def decode(self, images, first: int = 0) -> list:
+        """Images as given -> PIL images, in threads (decoding releases the GIL: threads keep up with a
+        GPU); ``first`` is the index of ``images[0]`` in the request, for the error message."""
+        def one(k_im):
+            try:
+                return to_pil(k_im[1])
+            except ImageInputError as e:
+                raise PredictionInputError(f"request {first + k_im[0]}: {e}") from None
 
-    def predict(self, requests: list[Request]) -> list[dict]:
+        if self.decode_threads > 1 and len(images) > 1:
+            with ThreadPoolExecutor(min(self.decode_threads, len(images))) as pool:
+                return list(pool.map(one, enumerate(images)))
+        return [one(x) for x in enumerate(images)]
+
+    def predict(self, requests: list[Request], deadline_s: float | None = None) -> list[dict]:
+        """Answers in request order.  Images are decoded one batch at a time; with ``deadline_s``,
+        work stops (``PredictionTimeout``) at the first batch or decoding checkpoint past it."""
+        import time
+
         images, prompts, sizes = self.prepare(requests)
+        self._deadline = None if deadline_s is None else time.monotonic() + deadline_s
         out = []
-        for s in range(0, len(requests), self.batch_size):
-            sl = slice(s, s + self.batch_size)
-            out += self._run(requests[sl], images[sl], prompts[sl], sizes[sl])
+        try:
+            for s in range(0, len(requests), self.batch_size):
+                sl = slice(s, s + self.batch_size)
+                self._check_deadline(f"after {s} of {len(requests)} requests")
+                out += self._run(requests[sl], self.decode(images[sl], s), prompts[sl], sizes[sl])
+        finally:
+            self._deadline = None
         return out
+
+    def _check_deadline(self, where: str) -> None:
+        import time
+
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise PredictionTimeout(f"the deadline passed {where}; work stopped")
 
     def pixels(self, images):
         """Model-ready pixel values on the device, in the model's dtype."""
@@ -157,6 +201,8 @@ class Predictor:
                 # the only host sync: a few wasted steps beat a stall on every token
                 if t == self.max_new_tokens - 1 or ((t + 1) % self.check_every == 0 and bool(done.all())):
                     break
+                if (t + 1) % 16 == 0:
+                    self._check_deadline(f"while decoding {b} requests, at token {t + 1}")
                 out = model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=nxt[:, None],
                             **{cache_arg: _cache_of(out)}, use_cache=True)
         return torch.stack(tokens, 1), torch.stack(lps, 1)

@@ -39,6 +39,21 @@ def to_pil(image) -> Image.Image:
     raise ImageInputError(f"not an image: {type(image).__name__}")
 
 
+def image_header(image) -> tuple[tuple[int, int], str | None]:
+    """((width, height), format) without decoding the pixels (format None for raw arrays)."""
+    if isinstance(image, Image.Image):
+        return image.size, image.format
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        try:
+            img = Image.open(io.BytesIO(bytes(image)))
+        except Exception as e:
+            raise ImageInputError(f"not an image ({len(image)} bytes): {type(e).__name__}") from None
+        return img.size, img.format
+    if isinstance(image, np.ndarray) and image.ndim == 3:
+        return (image.shape[1], image.shape[0]), None
+    raise ImageInputError(f"not an image: {type(image).__name__}")
+
+
 def num_image_tokens(image_size: int, vision_config) -> int:
     """Visual tokens the DaViT tower emits for a square image: the last stage's grid plus one pooled token."""
     s = image_size

@@ -10,6 +10,8 @@ CAPTION_TASKS = {"caption_brief": "<CAPTION>", "caption_detailed": "<DETAILED_CA
                  "caption_more_detailed": "<MORE_DETAILED_CAPTION>"}
 CAPTION_KINDS = tuple(CAPTION_TASKS)
 ANNOTATION_KINDS = CAPTION_KINDS + ("region", "word", "class")
+# what ingest lands and what the served model accepts
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 def position_name(cx: float, cy: float, w: int, h: int) -> str:

@@ -7,7 +7,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from lakehouse.tables import IMAGE_FORMATS
+from florence2.vocabulary import IMAGE_FORMATS
 
 
 class ImageRejected(ValueError):

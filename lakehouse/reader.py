@@ -18,6 +18,7 @@ import numpy as np
 FIELDS = ("example_id", "task", "prompt", "target", "content", "width", "height")
 
 
+@dataclass(frozen=True)
 class DeltaSlice:
     """The files and row count of one split of one Delta version."""
 

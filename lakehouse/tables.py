@@ -12,7 +12,7 @@ import re
 
 from pyspark.sql import types as T
 
-from florence2.vocabulary import ANNOTATION_KINDS
+from florence2.vocabulary import ANNOTATION_KINDS, IMAGE_FORMATS
 
 # Why an input was quarantined instead of landing in bronze.
 QUARANTINE_REASONS = (
@@ -29,7 +29,6 @@ QUARANTINE_REASONS = (
     "opted_out",           # the server said X-Robots-Tag: noai / noimageai
     "malformed_record",    # a manifest row that cannot be interpreted
 )
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 LABEL_KINDS = ("class", "box", "polygon", "caption", "word")
 # What specialists and human labels become in silver: captions at three granularities,
 # regions (box + label + description + optional polygons), OCR words, image-level classes.
