@@ -50,7 +50,9 @@ VARIANTS = [
 ]
 
 
-def od_ap50(model, proc, rows) -> float:
+def od_ap50(model, proc, rows) -> dict:
+    """OD AP50 on held-out scenes, and the same with every label replaced by one (class-agnostic: does
+    the model find the objects, whatever it calls them?)."""
     od = [r for r in rows if r["task"] == "<OD>"]
     outs = Predictor(model, proc, batch_size=32, max_new_tokens=64).predict([Request(r["content"], "<OD>") for r in od])
     gt, pred = [], []
@@ -60,7 +62,32 @@ def od_ap50(model, proc, rows) -> float:
         ans = o["answer"]
         pred += [{"image_id": k, "bbox": b, "label": lab, "score": s}
                  for b, lab, s in zip(ans["bboxes"], ans["labels"], ans["scores"])]
-    return coco_map(gt, pred)["AP50"]
+    agnostic = coco_map([g | {"label": "object"} for g in gt], [p | {"label": "object"} for p in pred])["AP50"]
+    return {"od_ap50": coco_map(gt, pred)["AP50"], "od_ap50_class_agnostic": agnostic}
+
+
+def cell_label_accuracy(model, proc, rows, cfg) -> float:
+    """How often an image token inside a held-out box names the box's label (argmax of the region-cell
+    classifier over the label vocabulary): can the vision side tell the classes apart at all?"""
+    import io
+
+    import torch
+    from PIL import Image
+
+    od = [r for r in rows if r["task"] == "<OD>"][:64]
+    loc = modeling.loc_token_range(proc.tokenizer)
+    inputs, regions = recipe.prepare_batch(proc, [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in od],
+                                           [r["prompt"] for r in od], [r["target"] for r in od], cfg, model.config,
+                                           loc, "cpu")
+    cells = regions["cells"]
+    inside = (cells != -100) & (cells != model.config.text_config.eos_token_id)
+    labels = sorted(set(cells[inside].tolist()))
+    with torch.no_grad():
+        out = model(**inputs)
+        first, n = regions["first"], regions["grid"] ** 2
+        logits = model.lm_head(out.encoder_last_hidden_state[:, first:first + n])[..., labels]
+    guess = torch.tensor(labels)[logits.argmax(-1)]
+    return float((guess[inside] == cells[inside]).float().mean())
 
 
 def main():
@@ -70,12 +97,17 @@ def main():
     p.add_argument("--minutes", type=float, default=2.0, help="training budget per variant")
     p.add_argument("--steps", type=int, default=None, help="a step budget per variant instead of --minutes")
     p.add_argument("--variants", default=None, help="comma-separated indices into VARIANTS (default: all)")
+    p.add_argument("--image-size", type=int, default=None, help="the tiny preset's input size (default: its own)")
+    p.add_argument("--tasks", default=",".join(TASKS), help="training tasks (the report scores <OD> and <CAPTION>)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "image_ablation"))
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fld-ablation-"))
-    data = write_recipe_data(synthetic_rows(args.images, 41, TASKS), work / "data")
+    tasks = args.tasks.split(",")
+    data = write_recipe_data(synthetic_rows(args.images, 41, tasks), work / "data")
     val = synthetic_rows(args.val_images, 42, TASKS)
     default_tiny = modeling.SIZES["tiny"]
+    if args.image_size:
+        default_tiny = dataclasses.replace(default_tiny, image_size=args.image_size)
     results = []
     chosen = [VARIANTS[int(i)] for i in args.variants.split(",")] if args.variants else VARIANTS
     for name, over, stride in chosen:
@@ -93,7 +125,8 @@ def main():
             gaps[task] = image_ablation(model, proc, [r["content"] for r in sel], [r["prompt"] for r in sel],
                                         [r["target"] for r in sel], cfg.loc_sigma)
         results.append({"variant": name, "config": over, "grid": proc.num_image_tokens - 1, "steps": tr["steps"], "seconds": round(tr["seconds"], 1),
-                        "ablation": gaps, "od_ap50": od_ap50(model, proc, val)})
+                        "image_size": proc.image_size, "ablation": gaps, **od_ap50(model, proc, val),
+                        "cell_label_accuracy": cell_label_accuracy(model, proc, val, cfg)})
         print(json.dumps(results[-1]), flush=True)
     modeling.SIZES["tiny"] = default_tiny
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "images": args.images,
@@ -103,11 +136,14 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
-    lines = [f"# Image ablation\n\n{args.images} synthetic scenes ({', '.join(TASKS)}), tiny, {budget} "
+    lines = [f"# Image ablation\n\n{args.images} synthetic scenes ({', '.join(tasks)}), tiny, {budget} "
              f"per variant on {res['machine']}. Gap = held-out loss with shuffled images minus with own images.\n",
-             "| variant | visual tokens | steps | train s | CAPTION gap | OD gap | OD AP50 |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['grid']}+1 | {r['steps']} | {r.get('seconds', '-')} | {r['ablation']['<CAPTION>']['gap']:.4f} | "
-              f"{r['ablation']['<OD>']['gap']:.4f} | {r['od_ap50']:.4f} |" for r in results]
+             "| variant | input px | visual tokens | steps | train s | CAPTION gap | OD gap | OD AP50 | class-agnostic AP50 | cell label acc. |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r.get('image_size', '-')} | {r['grid']}+1 | {r['steps']} | {r.get('seconds', '-')} | "
+              f"{r['ablation']['<CAPTION>']['gap']:.4f} | {r['ablation']['<OD>']['gap']:.4f} | {r['od_ap50']:.4f} | "
+              f"{r.get('od_ap50_class_agnostic', float('nan')):.4f} | {r.get('cell_label_accuracy', float('nan')):.3f} |"
+              for r in results]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 

@@ -257,16 +257,21 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
     stats = round_statistics(candidate, silver)
     if gate.success:
         publish_gold(spark, root, candidate, cfg.round)
-    row = (cfg.round, t0, gate.success, gate.success, current_version(spark, root, "silver_annotations"),
-           current_version(spark, root, "gold_fld"), current_version(spark, root, "bronze_images"), cfg.model,
-           json.dumps([f"{s.name}@{s.version}" for s in specialists]), json.dumps(stats), json.dumps(gate.per_suite, default=str), json.dumps(scores))
-    merge_insert(spark, root, "rounds", spark.createDataFrame([row], TABLES["rounds"].schema), ["round", "attempt_at"])
+    row = {"round": cfg.round, "attempt_at": t0, "published": gate.success, "gate_success": gate.success,
+           "silver_version": current_version(spark, root, "silver_annotations"),
+           "gold_version": current_version(spark, root, "gold_fld"),
+           "bronze_version": current_version(spark, root, "bronze_images"), "model": cfg.model,
+           "specialists": json.dumps([f"{s.name}@{s.version}" for s in specialists]), "stats_json": json.dumps(stats),
+           "gate_json": json.dumps(gate.per_suite, default=str), "audit_json": json.dumps(scores)}
+    schema = TABLES["rounds"].schema
+    merge_insert(spark, root, "rounds", spark.createDataFrame([tuple(row[f] for f in schema.fieldNames())], schema),
+                 ["round", "attempt_at"])
     anns.unpersist()
     raw.unpersist()
     kept.unpersist()
     candidate.unpersist()
     result = {"round": cfg.round, "published": gate.success, "gate": gate, "stats": stats, "audit": scores,
-              "gold_version": row[5], "silver_version": row[4]}
+              "gold_version": row["gold_version"], "silver_version": row["silver_version"]}
     if not gate.success:
         raise GateFailed(f"round {cfg.round} not published; latest published round stays "
                          f"{latest_published_round(spark, root)}\n{gate.summary()}")

@@ -228,3 +228,15 @@ def test_real_coco_sample(spark, settings, real_dev):
     assert labels.filter("kind = 'box'").count() == 134
     assert labels.filter("kind = 'caption'").count() == 100
     assert labels.filter("kind = 'box' AND polygons IS NOT NULL").count() == 133   # one RLE crowd mask keeps its box
+
+
+def test_file_names_with_hash_and_question_mark_keep_their_whole_path(tmp_path):
+    """Spark's ``file:`` paths are not percent-encoded: ``#`` and ``?`` belong to the name (a URL
+    parser used to cut them off as fragment and query, so such files could not be read)."""
+    from lakehouse.sources.base import local_path
+
+    f = tmp_path / "scene #7?v=2 100%.png"
+    f.write_bytes(b"x")
+    for uri in (f"file:{f}", f"file://{f}"):
+        assert local_path(uri) == str(f) and open(local_path(uri), "rb").read() == b"x"
+    assert local_path(str(f)) == str(f)

@@ -3,13 +3,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlparse
 
 
 def local_path(path_or_uri: str) -> str:
-    """Spark hands out ``file:/abs/path``; adapters work with plain paths."""
+    """Spark hands out ``file:/abs/path`` (Hadoop's ``Path.toString``: not percent-encoded); adapters work
+    with plain paths.  The scheme is cut off, not parsed: a ``#`` or ``?`` in a file name is part of it."""
+    if path_or_uri.startswith("file://"):
+        return path_or_uri[len("file://"):]
     if path_or_uri.startswith("file:"):
-        return urlparse(path_or_uri).path
+        return path_or_uri[len("file:"):]
     return path_or_uri
 
 
