@@ -18,6 +18,7 @@ test: setup
 bench: setup
 	$(VENV_PY) bench/ingest_throughput.py
 	$(VENV_PY) bench/predictor_throughput.py --device cpu
+	$(VENV_PY) bench/train_throughput.py --size tiny --batch 16
 
 clean:
 	rm -rf fld_home

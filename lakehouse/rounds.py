@@ -10,6 +10,7 @@ the Great Expectations gate passes.  Every attempt is a row in ``rounds``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -92,6 +93,14 @@ class RoundConfig:
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     image_limit: int | None = None     # annotate only this many images (smoke runs)
+
+
+def gate_config(cfg: RoundConfig) -> GateConfig:
+    """The round's gate, with the limits it shares with the filters taken from the filters' config, so
+    raising a filter limit cannot make every image above the old one fail the gate."""
+    if cfg.gate.max_regions_per_image is None:
+        return dataclasses.replace(cfg.gate, max_regions_per_image=cfg.filters.max_regions_per_image)
+    return cfg.gate
 
 
 def latest_published_round(spark, root: TableRoot) -> int | None:
@@ -251,7 +260,7 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
     if checks:
         views["audit"] = audit_view(spark, checks)
     views["errors"] = errors_view(spark, [s.name for s in specialists], n_images, error_counts)
-    gate = run_gate(settings.home, views, cfg.gate)
+    gate = run_gate(settings.home, views, gate_config(cfg))
     record_gate(spark, root, cfg.round, gate)
     log(gate.summary())
     stats = round_statistics(candidate, silver)

@@ -15,7 +15,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from florence2.vocabulary import ANNOTATION_KINDS, CAPTION_KINDS
+from florence2.vocabulary import ANNOTATION_KINDS, CAPTION_KINDS, MAX_REGIONS_PER_IMAGE
 from quality.audit import AuditConfig
 
 
@@ -24,7 +24,7 @@ class GateConfig:
     # words per caption granularity (the paper: brief ~8 tokens, detailed ~32, more detailed ~71)
     caption_words: dict = field(default_factory=lambda: {"caption_brief": (2, 40), "caption_detailed": (5, 120),
                                                          "caption_more_detailed": (10, 250)})
-    max_regions_per_image: int = 40
+    max_regions_per_image: int | None = None   # None: the filters' limit (lakehouse.rounds.gate_config)
     min_mean_regions_per_image: float = 0.5
     # share of a round's images on which one specialist may raise or time out (annotation_errors)
     max_specialist_error_rate: float = 0.05
@@ -75,7 +75,7 @@ def suites(cfg: GateConfig) -> dict[str, list]:
         gxe.ExpectColumnValuesToNotBeNull(column="image_id"),
         gxe.ExpectColumnValuesToBeUnique(column="image_round"),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        gxe.ExpectColumnValuesToBeBetween(column="n_regions", min_value=0, max_value=cfg.max_regions_per_image),
+        gxe.ExpectColumnValuesToBeBetween(column="n_regions", min_value=0, max_value=cfg.max_regions_per_image or MAX_REGIONS_PER_IMAGE),
         gxe.ExpectColumnMeanToBeBetween(column="n_regions", min_value=cfg.min_mean_regions_per_image),
     ]
     # one row per annotation family scored in this round and the latest published one (quality.audit)

@@ -94,3 +94,15 @@ def test_calibration_finds_the_threshold_for_the_target_precision():
     assert calibrate(audited, cfg) == 0.8
     assert calibrate([(0.9, False)] * 10, cfg) is None
     assert calibrate([(0.9, True)] * 2, cfg) is None  # too little support
+
+
+def test_gate_takes_the_region_limit_from_the_filters():
+    """Raising the filters' per-image region limit raises the gate's with it (the two used to be two
+    copies of 40: images above the old number then failed the gate)."""
+    from lakehouse.filters import FilterConfig
+    from lakehouse.rounds import RoundConfig, gate_config
+
+    assert gate_config(RoundConfig(round=1)).max_regions_per_image == FilterConfig().max_regions_per_image
+    assert gate_config(RoundConfig(round=1, filters=FilterConfig(max_regions_per_image=60))).max_regions_per_image == 60
+    pinned = RoundConfig(round=1, gate=GateConfig(max_regions_per_image=10), filters=FilterConfig(max_regions_per_image=60))
+    assert gate_config(pinned).max_regions_per_image == 10
