@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of issues 11 and 9, as one script for a lent GPU box (no network, no Java,
-# no Spark): `bash bench/gpu_run.sh throughput` (~4 min), `bash bench/gpu_run.sh learning` (~7 min).
+# no Spark), one call each: `bash bench/gpu_run.sh throughput` (~6 min), `compiled` (~7 min: the
+# compiled training step), `learning` (~6 min), `profile` (~2 min: where base inference spends its time).
 # Results go to $OUT (or bench/results/gpu).  Carry the transformers wheel the lock pins in .whl/
 # where the box's own transformers differs (see the closing note of issue 11).
 set -u
@@ -16,14 +17,25 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 case "${1:-throughput}" in
 throughput)
   timeout 150 python3 bench/predictor_throughput.py --device cuda --sizes base --images 256 --batch-size 128 \
-    --old-images 64 --old-batch-size 32 --loop-images 24 --out "$OUT/predictor_cuda_base_bf16.json" 2>&1 | tail -4
+    --old-images 64 --old-batch-size 32 --loop-images 24 --out "$OUT/predictor_cuda_base_bf16.json" \
+    --profile "$OUT/profile_predictor_base_bf16.txt" 2>&1 | tail -4
   timeout 70 python3 bench/predictor_throughput.py --device cuda --sizes base --dtype fp32 --images 16 --batch-size 16 \
     --loop-images 16 --out "$OUT/predictor_cuda_base_fp32.json" 2>&1 | tail -4
-  timeout 240 python3 bench/train_throughput.py --size base --batch 32 --warmup 4 --steps 8 \
-    --out "$OUT/train_throughput_base_cuda.json" 2>&1 | grep -v Warning | tail -12
+  timeout 150 python3 bench/train_throughput.py --size base --batch 32 --warmup 4 --steps 8 --variants 0,1,2 \
+    --out "$OUT/train_throughput_base_cuda.json" 2>&1 | grep -v Warning | tail -8
+  ;;
+compiled)
+  # its own call: compiling base took over 3 min on the H100 (2026-11-27)
+  timeout 420 python3 bench/train_throughput.py --size base --batch 32 --warmup 3 --steps 8 --variants 4 \
+    --out "$OUT/train_throughput_base_cuda_compiled.json" 2>&1 | grep -v Warning | tail -6
+  ;;
+profile)
+  timeout 200 python3 bench/predictor_throughput.py --device cuda --sizes base --images 128 --batch-size 128 \
+    --old-images 32 --old-batch-size 32 --loop-images 4 --out "$OUT/predictor_cuda_base_bf16.json" \
+    --profile "$OUT/profile_predictor_base_bf16.txt" 2>&1 | tail -4
   ;;
 learning)
-  timeout 500 python3 bench/learning_report.py --direct --size small --images 4000 --minutes 5 --batch 64 \
+  timeout 420 python3 bench/learning_report.py --direct --size small --images 4000 --minutes 4.5 --batch 64 \
     --out "$OUT/learning_report_direct_small_cuda" 2>&1 | grep -v -i "warn\|shards\|Loading weights" | tail -30
   ;;
 esac

@@ -79,7 +79,36 @@ def bench(model, proc, images, args, device):
          "fast_vs_loop": compare(fast[:n_loop], loop), "generate_vs_loop": compare(gen[:n_loop], loop)}
     r["speedup_fast_over_loop"] = round(r["fast"]["images_per_s"] / r["loop"]["images_per_s"], 2)
     r["speedup_fast_over_generate"] = round(r["fast"]["images_per_s"] / r["generate"]["images_per_s"], 2)
+    if args.profile:
+        r["profile"] = profile(new, reqs[: args.batch_size], device, args.profile)
     return r
+
+
+def profile(predictor, reqs, device, path) -> dict:
+    """Where one fast batch spends its time: the encoder (first forward) against the decoding steps,
+    and the top operators by device (or CPU) time, written to ``path``."""
+    from torch.profiler import ProfilerActivity, profile as tprofile, record_function
+
+    images, prompts, _ = predictor.prepare(reqs)
+    images = predictor.decode(images)
+    enc = predictor.processor.encode_prompts(prompts)
+    ids, mask = (torch.from_numpy(enc[k]).to(device) for k in ("input_ids", "attention_mask"))
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with tprofile(activities=acts) as prof:
+        with record_function("pixels"):
+            pixels = predictor.pixels(images)
+            sync(device)
+        with record_function("greedy"):
+            predictor._greedy(pixels, ids, mask)
+            sync(device)
+    events = prof.key_averages()
+    key = "cpu_time_total"
+    if device == "cuda":  # renamed device_time_total in recent torch
+        key = "device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total"
+    Path(path).write_text(events.table(sort_by=key, row_limit=30))
+    # CPU time of the ranges: on a GPU they end with a sync, so it includes the device work
+    spans = {e.key: round(e.cpu_time_total / 1e3, 1) for e in events if e.key in ("pixels", "greedy", "florence2.encode")}
+    return {"batch": len(reqs), "ms": spans, "table": str(path)}
 
 
 def main():
@@ -94,6 +123,7 @@ def main():
     p.add_argument("--loop-images", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="inference dtype on cuda")
+    p.add_argument("--profile", default=None, help="also profile one fast batch; the operator table goes here")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     args.old_images = args.old_images or args.images

@@ -183,7 +183,8 @@ class Predictor:
         tokens, lps = [], []
         with torch.inference_mode():
             dec = torch.full((b, 1), gc.decoder_start_token_id, dtype=torch.long, device=ids.device)
-            out = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=True)
+            with torch.profiler.record_function("florence2.encode"):  # a label for profiles; free otherwise
+                out = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=True)
             encoded = BaseModelOutput(last_hidden_state=out.encoder_last_hidden_state)
             done = torch.zeros(b, dtype=torch.bool, device=ids.device)
             for t in range(self.max_new_tokens):
