@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from florence2 import modeling, recipe  # noqa: E402
+from predictor_throughput import machine, sync  # noqa: E402  (bench/ is on sys.path when run as a script)
 from florence2.tokenization import build_tokenizer  # noqa: E402
 from lakehouse.synthetic import synthetic_rows  # noqa: E402
 
@@ -44,17 +43,6 @@ VARIANTS = [
     ("+ torch.compile", {"compile": True}, False),
     ("+ compile, region attention off (SDPA everywhere)", {"compile": True, "region_attention": 0.0}, False),
 ]
-
-
-def machine(device):
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_batches(rows, proc, n_batches, bs):
