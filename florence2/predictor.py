@@ -64,7 +64,6 @@ class Predictor:
         if preprocess not in ("auto", "pil", "tensor"):
             raise ValueError(f"preprocess must be auto, pil or tensor, not {preprocess!r}")
         self.preprocess = preprocess if preprocess != "auto" else ("tensor" if self.device.startswith("cuda") else "pil")
-        self._deadline = None
         # what an untrusted caller may send (None: anything PIL opens, any size)
         self.formats, self.max_image_pixels = formats, max_image_pixels
         self.max_positions = model.config.text_config.max_position_embeddings
@@ -125,22 +124,14 @@ class Predictor:
         import time
 
         images, prompts, sizes = self.prepare(requests)
-        self._deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        # per call, not on the instance: a served model answers concurrent requests with one predictor
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
         out = []
-        try:
-            for s in range(0, len(requests), self.batch_size):
-                sl = slice(s, s + self.batch_size)
-                self._check_deadline(f"after {s} of {len(requests)} requests")
-                out += self._run(requests[sl], self.decode(images[sl], s), prompts[sl], sizes[sl])
-        finally:
-            self._deadline = None
+        for s in range(0, len(requests), self.batch_size):
+            sl = slice(s, s + self.batch_size)
+            _check_deadline(deadline, f"after {s} of {len(requests)} requests")
+            out += self._run(requests[sl], self.decode(images[sl], s), prompts[sl], sizes[sl], deadline)
         return out
-
-    def _check_deadline(self, where: str) -> None:
-        import time
-
-        if self._deadline is not None and time.monotonic() > self._deadline:
-            raise PredictionTimeout(f"the deadline passed {where}; work stopped")
 
     def pixels(self, images):
         """Model-ready pixel values on the device, in the model's dtype."""
@@ -151,7 +142,7 @@ class Predictor:
             return self.processor.preprocess_tensor(images, self.device).to(dtype)
         return torch.from_numpy(self.processor.preprocess(images)).to(self.device, dtype)
 
-    def generate(self, images, prompts):
+    def generate(self, images, prompts, deadline: float | None = None):
         """Token ids (without the decoder start token) and per-token log-probabilities, as numpy arrays."""
         import torch
 
@@ -160,7 +151,7 @@ class Predictor:
         ids = torch.from_numpy(enc["input_ids"]).to(self.device)
         mask = torch.from_numpy(enc["attention_mask"]).to(self.device)
         if self.fast and self.num_beams == 1:
-            tokens, lp = self._greedy(pixels, ids, mask)
+            tokens, lp = self._greedy(pixels, ids, mask, deadline)
             return tokens.cpu().numpy(), lp.cpu().numpy()
         with torch.inference_mode():
             g = self.model.generate(
@@ -171,7 +162,7 @@ class Predictor:
                 g.sequences, g.scores, getattr(g, "beam_indices", None), normalize_logits=self.num_beams == 1)
         return g.sequences[:, 1:].cpu().numpy(), lp.float().cpu().numpy()
 
-    def _greedy(self, pixels, ids, mask):
+    def _greedy(self, pixels, ids, mask, deadline: float | None = None):
         """(tokens, log-probabilities), both (B, steps) on the device; finished rows are padded."""
         import torch
         from transformers.modeling_outputs import BaseModelOutput
@@ -203,13 +194,13 @@ class Predictor:
                 if t == self.max_new_tokens - 1 or ((t + 1) % self.check_every == 0 and bool(done.all())):
                     break
                 if (t + 1) % 16 == 0:
-                    self._check_deadline(f"while decoding {b} requests, at token {t + 1}")
+                    _check_deadline(deadline, f"while decoding {b} requests, at token {t + 1}")
                 out = model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=nxt[:, None],
                             **{cache_arg: _cache_of(out)}, use_cache=True)
         return torch.stack(tokens, 1), torch.stack(lps, 1)
 
-    def _run(self, requests, images, prompts, sizes) -> list[dict]:
-        seqs, logprobs = self.generate(images, prompts)
+    def _run(self, requests, images, prompts, sizes, deadline: float | None = None) -> list[dict]:
+        seqs, logprobs = self.generate(images, prompts, deadline)
         tok = self.processor.tokenizer
         results = []
         for r, ids, lps, size in zip(requests, seqs, logprobs, sizes):
@@ -240,6 +231,14 @@ class Predictor:
                             # the whole answer's confidence: geometric mean of its tokens' probabilities
                             "score": float(math.exp(sum(all_lp) / len(all_lp))) if all_lp else 0.0})
         return results
+
+
+def _check_deadline(deadline: float | None, where: str) -> None:
+    """``deadline``: a ``time.monotonic()`` instant, or None."""
+    import time
+
+    if deadline is not None and time.monotonic() > deadline:
+        raise PredictionTimeout(f"the deadline passed {where}; work stopped")
 
 
 @functools.cache
