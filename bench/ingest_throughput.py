@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from lakehouse.config import load_settings
+from lakehouse.fetch import FetchPolicy
 from lakehouse.ingest import resolve_row, run_ingest, totals
 from lakehouse.sources import ADAPTERS
 from lakehouse.spark import get_spark
@@ -35,7 +36,7 @@ def plain_loop(settings) -> int:
                 if fn.startswith((".", "_")) or not fnmatch.fnmatch(fn, adapter.glob):
                     continue
                 for row in adapter.parse(str(Path(dirpath) / fn), str(root)):
-                    out = resolve_row(row, settings.max_image_pixels, False, 1.0)
+                    out = resolve_row(row, settings.max_image_pixels, FetchPolicy.from_settings(settings))
                     n += out["reason"] is None
     return n
 

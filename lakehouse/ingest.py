@@ -2,10 +2,10 @@
 
 One Structured Streaming query reads every source kind's landed files (the file
 source locally, Auto Loader on Databricks), parses them with the kind's adapter,
-fetches and validates the image bytes, and writes each micro-batch with Delta
-MERGEs keyed on deterministic ids.  A replayed micro-batch (after a crash) thus
-changes nothing it already wrote, and the checkpoint makes the whole thing
-exactly-once.  ``image_id`` is the SHA-256 of the bytes, so the same image from
+fetches and validates the image bytes, and writes each micro-batch as idempotent
+Delta appends (``write_batch``).  A replayed micro-batch (after a crash) thus
+writes nothing twice and counts the same, and the checkpoint makes the whole
+thing exactly-once.  ``image_id`` is the SHA-256 of the bytes, so the same image from
 two sources, or ingested twice, is one bronze row.
 
 Every input lands in exactly one place: a new bronze image, a duplicate of one
@@ -14,6 +14,7 @@ Every input lands in exactly one place: a new bronze image, a duplicate of one
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from lakehouse.images import ImageRejected, inspect_image
 from lakehouse.sources import ADAPTERS
 from lakehouse.sources.base import local_path
 from lakehouse.spark import on_databricks
-from lakehouse.tables import MANIFEST, TableRoot, ensure_tables, merge_insert, read
+from lakehouse.tables import MANIFEST, TableRoot, ensure_tables, read
 
 QUERY_NAME = "ingest"
 
@@ -138,32 +139,90 @@ def _quarantine_id():
                               F.coalesce("uri", F.lit("")), "reason"), 256)
 
 
-def empty_files(spark, settings: Settings, root: TableRoot, batch_id: int, kinds=None) -> DataFrame | None:
-    """Zero-byte landed files, which Spark's file scan silently skips.
+def listed_files(checkpoint: Path, batch_id: int) -> list[str] | None:
+    """The files the file source took into micro-batch ``batch_id``, from its own log in the query's
+    checkpoint (``offsets/N`` names each source's log range; ``sources/<i>/<k>`` lists its files), or
+    None where there is no such log (Auto Loader keeps its listing elsewhere).  The log lists zero-byte
+    files, which Spark's file scan then skips; reading it costs the batch's files, not the landing area."""
+    def offsets(n: int) -> list:
+        f = checkpoint / "offsets" / str(n)
+        if not f.exists():
+            return []
+        lines = f.read_text().splitlines()[2:]  # version, then the batch's metadata
+        return [json.loads(x)["logOffset"] if x.strip() not in ("", "-") else None for x in lines]
 
-    Swept from the landing area in each micro-batch so they, too, end in
-    quarantine.  Files already quarantined by another batch are left out; those
-    of this batch are kept, so a replayed batch counts them again.
+    cur = offsets(batch_id)
+    if not cur:
+        return None
+    prev = offsets(batch_id - 1) if batch_id > 0 else []
+    out = []
+    for i, end in enumerate(cur):
+        start = prev[i] if i < len(prev) and prev[i] is not None else -1
+        for k in range(start + 1, (end if end is not None else -1) + 1):
+            d = checkpoint / "sources" / str(i)
+            f = d / str(k) if (d / str(k)).exists() else d / f"{k}.compact"
+            if not f.exists():
+                return None  # cleaned up: the caller falls back to listing
+            for line in f.read_text().splitlines()[1:]:
+                e = json.loads(line)
+                if e.get("batchId") == k:
+                    out.append(e["path"])
+    return out
+
+
+def _landed(settings: Settings, kinds, checkpoint: Path, batch_id: int):
+    """(kind, path) of each file in this micro-batch: from the source's log, else (Auto Loader) by
+    walking the landing area."""
+    kinds = list(kinds or ADAPTERS)
+    listed = listed_files(checkpoint, batch_id)
+    if listed is not None:
+        for uri in listed:
+            p = Path(local_path(uri))
+            for kind in kinds:
+                root = (settings.landing / kind).resolve()
+                if p.resolve().is_relative_to(root):
+                    yield kind, p
+        return
+    for kind in kinds:
+        for dirpath, dirnames, files in os.walk(settings.landing / kind):
+            dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
+            for fn in files:
+                yield kind, Path(dirpath) / fn
+
+
+def empty_files(spark, settings: Settings, root: TableRoot, batch_id: int, kinds=None,
+                checkpoint: Path | None = None) -> DataFrame | None:
+    """Zero-byte landed files, which Spark's file scan silently skips, as quarantine rows.
+
+    Found among this micro-batch's own files (``listed_files``), so the cost is the batch's, and a
+    replayed batch finds the same ones.  Without the source's log (Auto Loader) the landing area is
+    walked and files already quarantined by another batch are left out.
     """
     import fnmatch
 
+    checkpoint = checkpoint or settings.checkpoints / QUERY_NAME
+    from_log = listed_files(checkpoint, batch_id) is not None
     rows = []
-    for kind in kinds or ADAPTERS:
+    for kind, p in _landed(settings, kinds, checkpoint, batch_id):
         adapter, kind_root = ADAPTERS[kind], settings.landing / kind
-        for dirpath, dirnames, files in os.walk(kind_root):
-            dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
-            for fn in files:
-                p = Path(dirpath) / fn
-                if fn.startswith((".", "_")) or not fnmatch.fnmatch(fn, adapter.glob) or p.stat().st_size:
-                    continue
-                name = adapter.source_name(str(p), str(kind_root))
-                rel = str(p.relative_to(adapter.dataset_dir(str(p), str(kind_root))))
-                rows.append({**{k: None for k in RESOLVED.fieldNames()}, "source_kind": kind, "source_name": name,
-                             "original_id": rel, "uri": str(p), "labels": [], "size_bytes": 0,
-                             "reason": "empty_file", "detail": "0 bytes"})
+        fn = p.name
+        if fn.startswith((".", "_")) or not fnmatch.fnmatch(fn, adapter.glob):
+            continue
+        try:
+            if p.stat().st_size:
+                continue
+        except FileNotFoundError:
+            continue  # removed since it was listed: nothing to account for
+        name = adapter.source_name(str(p), str(kind_root))
+        rel = str(p.relative_to(adapter.dataset_dir(str(p), str(kind_root))))
+        rows.append({**{k: None for k in RESOLVED.fieldNames()}, "source_kind": kind, "source_name": name,
+                     "original_id": rel, "uri": str(p), "labels": [], "size_bytes": 0,
+                     "reason": "empty_file", "detail": "0 bytes"})
     if not rows:
         return None
     df = spark.createDataFrame(rows, RESOLVED)
+    if from_log:
+        return df
     key = _quarantine_id()
     seen = read(spark, root, "quarantine").filter(F.col("ingest_batch") != batch_id).select("quarantine_id")
     return df.withColumn("_qid", key).join(seen, F.col("_qid") == seen.quarantine_id, "left_anti").drop("_qid")
@@ -176,19 +235,44 @@ def _pixel_bbox():
     return F.when(F.coalesce(lab.normalized, F.lit(False)) & lab.bbox.isNotNull(), scaled).otherwise(lab.bbox)
 
 
+def _not_yet_in(spark, root: TableRoot, name: str, rows: DataFrame, key: str, query: str,
+                batch_id: int) -> DataFrame:
+    """The rows of ``rows`` whose key the table does not hold, leaving out rows this same batch wrote
+    before a crash, so a replay finds exactly the rows the first attempt found.  Only the table's key
+    and batch-tag columns are read."""
+    have = (read(spark, root, name)
+            .filter(~((F.col("ingest_query") == query) & (F.col("ingest_batch") == batch_id)))
+            .select(key))
+    return rows.join(have, key, "left_anti")
+
+
 def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str = QUERY_NAME,
-                log=print) -> dict:
-    """Write one resolved micro-batch.  Idempotent: replaying ``batch_id`` changes nothing."""
+                log=print, app_id: str | None = None) -> dict:
+    """Write one resolved micro-batch as appends to bronze, labels, quarantine and the log.
+
+    Exactly-once without MERGE: what is new is decided against the tables as they were before this
+    batch (``_not_yet_in``), counted from the batch itself, and each append is an idempotent Delta
+    write tagged ``(app_id, batch_id)``, so replaying a batch after a crash writes nothing twice and
+    logs the same counts.  ``app_id`` names the query's checkpoint (a new checkpoint is a new writer).
+    """
+    from lakehouse.tables import TABLES, append_once
+
+    app_id = app_id or f"fld-{query}"
     df = df.persist()
+    written = []
     try:
         now = F.current_timestamp()
+        tag = [F.lit(query).alias("ingest_query"), F.lit(batch_id).cast("long").alias("ingest_batch")]
         ok = df.filter(F.col("reason").isNull())
         first = Window.partitionBy("image_id").orderBy("source_kind", "source_name", "original_id")
         images = (ok.withColumn("_n", F.row_number().over(first)).filter("_n = 1")
                   .select("image_id", "content", "width", "height", "format", "source_kind", "source_name",
-                          "original_id", "uri", now.alias("ingest_time"), F.lit(query).alias("ingest_query"),
-                          F.lit(batch_id).cast("long").alias("ingest_batch")))
-        merge_insert(spark, root, "bronze_images", images, ["image_id"])
+                          "original_id", "uri", now.alias("ingest_time"), *tag))
+        images = _not_yet_in(spark, root, "bronze_images", images, "image_id", query, batch_id).persist()
+        written.append(images)
+        new = {r["source_kind"]: r["n"] for r in images.groupBy("source_kind").agg(F.count("*").alias("n")).collect()}
+        if new:
+            append_once(spark, root, "bronze_images", images, app_id, batch_id)
 
         labels = (ok.select("image_id", "source_kind", "source_name", "original_id", "width", "height",
                             F.posexplode("labels").alias("pos", "lab"))
@@ -197,42 +281,41 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
                           "image_id", "source_kind", "source_name", "original_id", F.col("lab.kind").alias("kind"),
                           F.col("lab.text").alias("text"), _pixel_bbox().alias("bbox"),
                           F.col("lab.polygons").alias("polygons"), F.col("lab.quad").alias("quad"),
-                          now.alias("ingest_time")))
-        merge_insert(spark, root, "bronze_labels", labels, ["label_id"])
+                          now.alias("ingest_time"), *tag)
+                  .dropDuplicates(["label_id"]))
+        labels = _not_yet_in(spark, root, "bronze_labels", labels, "label_id", query, batch_id)
+        append_once(spark, root, "bronze_labels", labels, app_id, batch_id)
 
+        # every bad input is one quarantine row: a replay is kept out by the transaction, not by a key
         bad = (df.filter(F.col("reason").isNotNull())
                .select(_quarantine_id().alias("quarantine_id"),
                        "source_kind", "source_name", "original_id", "uri", "reason", "detail", "size_bytes",
-                       now.alias("ingest_time"), F.lit(query).alias("ingest_query"),
-                       F.lit(batch_id).cast("long").alias("ingest_batch")))
-        merge_insert(spark, root, "quarantine", bad, ["quarantine_id"])
-
-        # "new" is read back from bronze by batch tag, so a replayed batch counts the same.
-        new = {r["source_kind"]: r["n"] for r in read(spark, root, "bronze_images")
-               .filter((F.col("ingest_query") == query) & (F.col("ingest_batch") == batch_id))
-               .groupBy("source_kind").agg(F.count("*").alias("n")).collect()}
+                       now.alias("ingest_time"), *tag))
         stats = df.groupBy("source_kind").agg(
             F.count("*").alias("inputs"),
             F.sum(F.col("reason").isNotNull().cast("long")).alias("quarantined"),
             F.sum(F.when(F.col("reason").isNull(), F.size("labels")).otherwise(0)).cast("long").alias("labels"),
         ).collect()
+        if any(r["quarantined"] for r in stats):
+            append_once(spark, root, "quarantine", bad, app_id, batch_id)
         rows = []
         for r in stats:
             n_new = new.get(r["source_kind"], 0)
             rows.append((query, int(batch_id), r["source_kind"], r["inputs"], n_new,
                          r["inputs"] - r["quarantined"] - n_new, r["quarantined"], r["labels"]))
-        from lakehouse.tables import TABLES
-
-        log_df = spark.createDataFrame(rows, "ingest_query string, batch_id long, source_kind string, inputs long, "
-                                             "new_images long, duplicates long, quarantined long, labels long")
-        log_df = log_df.withColumn("logged_at", now).select(*TABLES["ingest_log"].schema.fieldNames())
-        merge_insert(spark, root, "ingest_log", log_df, ["ingest_query", "batch_id", "source_kind"])
+        if rows:
+            log_df = spark.createDataFrame(rows, "ingest_query string, batch_id long, source_kind string, inputs long, "
+                                                 "new_images long, duplicates long, quarantined long, labels long")
+            log_df = log_df.withColumn("logged_at", now).select(*TABLES["ingest_log"].schema.fieldNames())
+            append_once(spark, root, "ingest_log", log_df, app_id, batch_id)
         summary = {k: sum(r[i] for r in rows) for i, k in ((3, "inputs"), (4, "new"), (5, "duplicates"), (6, "quarantined"))}
         if log:
             log(f"[ingest] batch {batch_id}: {summary['inputs']} inputs -> {summary['new']} new, "
                 f"{summary['duplicates']} duplicate, {summary['quarantined']} quarantined")
         return summary
     finally:
+        for d in written:
+            d.unpersist()
         df.unpersist()
 
 
@@ -240,6 +323,8 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
 class IngestResult:
     batches: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    # per micro-batch, in order: batch id, its summary (inputs, new, duplicates, quarantined) and seconds
+    batch_stats: list[dict] = field(default_factory=list)
 
 
 def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=None, timeout_s: float | None = None,
@@ -250,12 +335,19 @@ def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=Non
     ensure_tables(spark, root)
     result = IngestResult()
 
+    checkpoint = settings.checkpoints / QUERY_NAME
+
     def batch(df, batch_id):
-        empties = empty_files(spark, settings, root, batch_id, kinds)
+        t = time.perf_counter()
+        empties = empty_files(spark, settings, root, batch_id, kinds, checkpoint)
         if empties is not None:
             df = df.unionByName(empties)
-        write_batch(spark, root, df, batch_id, log=log)
+        # the checkpoint's query id: a new checkpoint starts batch ids at 0 again and must not be
+        # mistaken for a replay of the old one's writes
+        app_id = f"fld-{QUERY_NAME}-{json.loads((checkpoint / 'metadata').read_text())['id']}"
+        summary = write_batch(spark, root, df, batch_id, log=log, app_id=app_id)
         result.batches.append(batch_id)
+        result.batch_stats.append({"batch_id": batch_id, **summary, "seconds": round(time.perf_counter() - t, 3)})
 
     stream = resolve(manifest(spark, settings, kinds, streaming=True), settings)
     writer = (stream.writeStream.queryName(QUERY_NAME).foreachBatch(batch)

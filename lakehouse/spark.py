@@ -96,6 +96,9 @@ def get_spark(settings: Settings | None = None, app_name: str = "fld"):
         .config("spark.sql.warehouse.dir", str(settings.home / "warehouse"))
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={settings.home / 'derby'}")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
+        # Delta rebuilds a table's snapshot from its log after every commit with this many tasks (default
+        # 50): on a few local cores that fixed cost, not the data, was most of a small write (issue 10)
+        .config("spark.databricks.delta.snapshotPartitions", str(settings.shuffle_partitions))
     )
     jars = _cached_delta_jars()
     if jars:

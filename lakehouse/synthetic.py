@@ -113,8 +113,12 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def make_scene(rng: random.Random, scene_id: str) -> tuple[Scene, Image.Image]:
+def make_scene(rng: random.Random, scene_id: str, scale: int = 1, noise: float = 0.0) -> tuple[Scene, Image.Image]:
+    """One scene; ``scale`` multiplies the canvas (shapes and coordinates scale with it, text does not) and
+    ``noise`` adds sensor-like Gaussian noise (std in levels), which makes JPEGs as heavy as web photos.
+    Neither consumes ``rng``: the same seed gives the same scenes at any scale."""
     w, h = rng.choice(IMAGE_SIZES)
+    w, h = w * scale, h * scale
     bg = rng.choice(list(BACKGROUNDS))
     img = Image.new("RGB", (w, h), BACKGROUNDS[bg])
     draw = ImageDraw.Draw(img)
@@ -159,6 +163,13 @@ def make_scene(rng: random.Random, scene_id: str) -> tuple[Scene, Image.Image]:
         words.append(Word(text, wcolor, [b[0], b[1], b[2], b[1], b[2], b[3], b[0], b[3]], b))
     scene = Scene(scene_id, w, h, bg, objects, words)
     describe(scene)
+    if noise:
+        import zlib
+
+        import numpy as np
+
+        g = np.random.default_rng(zlib.crc32(scene_id.encode())).normal(0, noise, (h, w, 3))
+        img = Image.fromarray(np.clip(np.asarray(img, np.float32) + g, 0, 255).astype(np.uint8))
     return scene, img
 
 
@@ -306,11 +317,11 @@ def encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def generate(n_images: int, seed: int = 0):
-    """Yield (scene, image) deterministically for a seed."""
+def generate(n_images: int, seed: int = 0, scale: int = 1, noise: float = 0.0):
+    """Yield (scene, image) deterministically for a seed (``make_scene`` for ``scale`` and ``noise``)."""
     rng = random.Random(seed)
     for i in range(n_images):
-        yield make_scene(rng, f"syn-{seed}-{i:06d}")
+        yield make_scene(rng, f"syn-{seed}-{i:06d}", scale, noise)
 
 
 def _dominant(scene: Scene) -> str:
@@ -320,7 +331,7 @@ def _dominant(scene: Scene) -> str:
 
 
 def write_world(landing: Path, truth_dir: Path, n_images: int = 200, seed: int = 0, bad_inputs: bool = True,
-                source_name: str = "synthetic", duplicate_every: int = 17) -> dict:
+                source_name: str = "synthetic", duplicate_every: int = 17, scale: int = 1, noise: float = 0.0) -> dict:
     """Write scenes in the five source formats under ``landing/<kind>/<source_name>/``.
 
     Scene ``i`` goes to source ``SOURCE_KINDS[i % 5]``; every ``duplicate_every``-th
@@ -342,7 +353,7 @@ def write_world(landing: Path, truth_dir: Path, n_images: int = 200, seed: int =
     oi_rows, cc_rows, laion_rows = [], [], []
     truth, per_kind = [], {k: 0 for k in SOURCE_KINDS}
     distinct: set[str] = set()
-    for i, (scene, img) in enumerate(generate(n_images, seed)):
+    for i, (scene, img) in enumerate(generate(n_images, seed, scale, noise)):
         kind = SOURCE_KINDS[i % len(SOURCE_KINDS)]
         fmt = "PNG" if kind == "imagefolder" else "JPEG"
         data = encode(img, fmt)

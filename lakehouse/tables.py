@@ -119,7 +119,7 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
             _f("label_id", S, False), _f("image_id", S, False), _f("source_kind", S, False),
             _f("source_name", S, False), _f("original_id", S), _f("kind", S, False), _f("text", S),
             _f("bbox", T.ArrayType(D)), _f("polygons", T.ArrayType(T.ArrayType(D))), _f("quad", T.ArrayType(D)),
-            _f("ingest_time", TS, False),
+            _f("ingest_time", TS, False), _f("ingest_query", S), _f("ingest_batch", L),
         ]),
         partition_by=("source_kind",),
         constraints={
@@ -318,3 +318,11 @@ def merge_insert(spark, root: TableRoot, name: str, df, keys: list[str]) -> None
     """Insert the rows of ``df`` whose keys are not in the table yet (idempotent append)."""
     cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     delta_table(spark, root, name).alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
+
+
+def append_once(spark, root: TableRoot, name: str, df, app_id: str, version: int) -> None:
+    """Append ``df`` unless this table already holds the write ``(app_id, version)``: Delta's idempotent
+    writes (``txnAppId``/``txnVersion``), which keep a replayed streaming micro-batch from writing twice
+    without the join a MERGE runs against the whole table."""
+    w = df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version))
+    w.saveAsTable(root.ident(name)) if root.is_catalog else w.save(root.path(name))

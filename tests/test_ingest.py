@@ -109,7 +109,7 @@ def test_time_travel(spark, ingested):
     s, expected, _ = ingested
     root = TableRoot(s.tables_root)
     hist = spark.sql(f"DESCRIBE HISTORY {root.ident('bronze_images')}").orderBy("version").collect()
-    merges = [h.version for h in hist if h.operation == "MERGE"]
+    merges = [h.version for h in hist if h.operation == "WRITE"]  # appends since issue 10 (were MERGEs)
     assert read(spark, root, "bronze_images", version=merges[0] - 1).count() == 0
     assert read(spark, root, "bronze_images", version=merges[0]).count() == expected["distinct_images"]
 
@@ -240,3 +240,23 @@ def test_file_names_with_hash_and_question_mark_keep_their_whole_path(tmp_path):
     for uri in (f"file:{f}", f"file://{f}"):
         assert local_path(uri) == str(f) and open(local_path(uri), "rb").read() == b"x"
     assert local_path(str(f)) == str(f)
+
+
+def test_each_batch_lists_its_own_files_from_the_source_log(spark, ingested):
+    """Zero-byte files are found among the batch's own files (the file source's log), not by walking
+    the landing area every batch (issue 10): over all batches the log names every landed file once."""
+    import fnmatch
+
+    from lakehouse.ingest import QUERY_NAME, listed_files
+    from lakehouse.sources import ADAPTERS
+
+    s, _, _ = ingested
+    ckpt = s.checkpoints / QUERY_NAME
+    batches = sorted(int(p.name) for p in (ckpt / "offsets").glob("[0-9]*"))  # every run of the query so far
+    listed = [p for b in batches for p in listed_files(ckpt, b)]
+    landed = {str(p) for kind, a in ADAPTERS.items() for p in (s.landing / kind).rglob("*")
+              if p.is_file() and fnmatch.fnmatch(p.name, a.glob) and not p.name.startswith((".", "_"))}
+    assert len(listed) == len(set(listed))
+    assert {x.replace("file://", "").replace("file:", "") for x in listed} == landed
+    assert any(os.path.getsize(p) == 0 for p in landed)  # the empty file is among them
+    assert listed_files(ckpt, batches[-1] + 1) is None
