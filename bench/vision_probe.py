@@ -26,6 +26,7 @@ def main():
 
     from florence2 import modeling, recipe
     from florence2.tokenization import load_tokenizer
+    from image_ablation import cell_label_accuracy  # the same measure as the ablation table's
     from lakehouse.synthetic import synthetic_rows, write_recipe_data
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,27 +47,18 @@ def main():
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     loc = modeling.loc_token_range(tok)
-    eos = model.config.text_config.eos_token_id
 
     def batch(rs):
         images = [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in rs]
         return recipe.prepare_batch(proc, images, [r["prompt"] for r in rs], [r["target"] for r in rs], cfg,
                                     model.config, loc, "cpu")
 
-    val_in, val_reg = batch(val[:64])
-
     def accuracy() -> float:
         model.eval()
-        with torch.no_grad():
-            out = model(**val_in)
-            first, n = val_reg["first"], val_reg["grid"] ** 2
-            cells = val_reg["cells"]
-            inside = (cells != -100) & (cells != eos)
-            labels = sorted(set(cells[inside].tolist()))
-            logits = model.lm_head(out.encoder_last_hidden_state[:, first:first + n])[..., labels]
-            guess = torch.tensor(labels)[logits.argmax(-1)]
-        model.train()
-        return float((guess[inside] == cells[inside]).float().mean())
+        try:
+            return cell_label_accuracy(model, proc, val, cfg)
+        finally:
+            model.train()
 
     curve, t0 = [], time.time()
     for step in range(1, args.steps + 1):

@@ -118,15 +118,6 @@ def published_versions(spark, root: TableRoot, round_: int) -> dict | None:
     return {"silver": rows[0]["silver_version"], "gold": rows[0]["gold_version"]} if rows else None
 
 
-def published_audit(spark, root: TableRoot) -> tuple[int | None, dict | None]:
-    """(round, audit scores) of the latest published round."""
-    rows = (read(spark, root, "rounds").filter("published").orderBy(F.col("round").desc(), F.col("attempt_at").desc())
-            .select("round", "audit_json").limit(1).collect())
-    if not rows:
-        return None, None
-    return rows[0]["round"], json.loads(rows[0]["audit_json"]) if rows[0]["audit_json"] else None
-
-
 def round_history(spark, root: TableRoot) -> list[dict]:
     """Every round attempt, oldest first: round, time, published, audit scores per family."""
     rows = read(spark, root, "rounds").orderBy("attempt_at").select("round", "attempt_at", "published", "audit_json").collect()
@@ -150,14 +141,31 @@ def audit_reference(spark, root: TableRoot, settings: Settings, fraction: float)
 
 
 def _audit(spark, root: TableRoot, ref: dict, candidate, cfg: RoundConfig, log):
-    """Score the round's FLD rows on the audit slice; compare with the latest published round."""
+    """Score the round's FLD rows on the audit slice; compare with the latest published round.
+
+    The comparison is on the audit images both rounds cover, each scored against the same
+    reference: a round over more data has a larger audit slice, and comparing its score with one
+    taken on a smaller slice refuses rounds for sampling noise (issue 10's scale bench saw a 4-point
+    "drop" when round 1 was rerun over twice the images with the same specialists)."""
     acfg = cfg.gate.audit
     rows = [r.asDict(recursive=True) for r in candidate.filter(F.col("image_id").isin(sorted(ref))).collect()] if ref else []
     scores = audit.score(rows, ref)
-    prev_round, prev = published_audit(spark, root)
-    checks = [dict(c, published_round=prev_round) for c in audit.regressions(scores, prev, acfg)]
     log(f"[round {cfg.round}] audit ({scores['images']} images): " + ", ".join(
         f"{k} F1 {v['f1']:.3f}" for k, v in scores.items() if k != "images"))
+    prev_round = latest_published_round(spark, root)
+    if prev_round is None or not ref:
+        return scores, []
+    published = (read(spark, root, "gold_fld", version=published_versions(spark, root, prev_round)["gold"])
+                 .filter((F.col("round") == prev_round) & F.col("image_id").isin(sorted(ref))))
+    prev_rows = [r.asDict(recursive=True) for r in published.collect()]
+    common = {r["image_id"] for r in prev_rows}
+    if not common:
+        log(f"[round {cfg.round}] audit: published round {prev_round} covers none of these audit images; not compared")
+        return scores, []
+    shared = {i: t for i, t in ref.items() if i in common}
+    now = audit.score([r for r in rows if r["image_id"] in common], shared)
+    before = audit.score(prev_rows, shared)
+    checks = [dict(c, published_round=prev_round, images=len(shared)) for c in audit.regressions(now, before, acfg)]
     return scores, checks
 
 

@@ -90,9 +90,9 @@ def audit_view(spark, rows: list[dict]) -> DataFrame:
 
     schema = T.StructType([T.StructField("family", T.StringType()), T.StructField("f1", T.DoubleType()),
                            T.StructField("published_f1", T.DoubleType()), T.StructField("floor", T.DoubleType()),
-                           T.StructField("published_round", T.IntegerType())])
-    return spark.createDataFrame([(r["family"], r["f1"], r["published_f1"], r["floor"], r["published_round"])
-                                  for r in rows], schema)
+                           T.StructField("published_round", T.IntegerType()), T.StructField("images", T.IntegerType())])
+    return spark.createDataFrame([(r["family"], r["f1"], r["published_f1"], r["floor"], r["published_round"],
+                                   r.get("images")) for r in rows], schema)
 
 
 def errors_view(spark, annotators: list[str], images: int, errors: dict[str, int]) -> DataFrame:
@@ -177,7 +177,8 @@ def run_gate(home: Path, views: dict[str, DataFrame], cfg: GateConfig = GateConf
         if name == "audit" and not vr.success:
             # name the family and both numbers, not just the expectation
             details = [f"audit F1 of {r['family']} fell to {r['f1']:.4f} from {r['published_f1']:.4f} in published round "
-                       f"{r['published_round']} (allowed down to {r['floor']:.4f})"
+                       f"{r['published_round']} (allowed down to {r['floor']:.4f}"
+                       + (f"; on the {r['images']} audit images both rounds cover)" if r["images"] else ")")
                        for r in df.filter("f1 < floor").collect()]
         if name == "errors" and not vr.success:
             details = [f"specialist {r['annotator']} failed on {r['errors']} of {r['images']} images "

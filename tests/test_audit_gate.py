@@ -106,3 +106,29 @@ def test_gate_takes_the_region_limit_from_the_filters():
     assert gate_config(RoundConfig(round=1, filters=FilterConfig(max_regions_per_image=60))).max_regions_per_image == 60
     pinned = RoundConfig(round=1, gate=GateConfig(max_regions_per_image=10), filters=FilterConfig(max_regions_per_image=60))
     assert gate_config(pinned).max_regions_per_image == 10
+
+
+def test_rerun_over_more_images_is_compared_on_the_images_both_rounds_cover(spark, tmp_path):
+    """A round over more data has a larger audit slice; the gate compares it with the published round
+    on the audit images both cover (same reference), not with a score taken on a smaller slice.  Here
+    the new images are noisy scenes the contour specialist gets wrong, so the whole-slice F1 falls far
+    below the published one while the images both rounds cover score the same: published."""
+    from lakehouse.config import load_settings
+
+    s = load_settings(home=tmp_path / "fld_home")
+    write_world(s.landing, s.synthetic_dir, n_images=16, seed=8, bad_inputs=False)
+    run_ingest(spark, s, log=None)
+    root = TableRoot(s.tables_root)
+    cfg = RoundConfig(round=1, specialists=[{"type": "contours"}], gate=GATE)
+    first = run_round(spark, s, cfg, log=lambda *a: None)
+    more = tmp_path / "truth-more"
+    write_world(s.landing, more, n_images=16, seed=9, bad_inputs=False, source_name="noisy", noise=70.0)
+    with open(s.synthetic_dir / "ground_truth.jsonl", "a") as f:
+        f.write((more / "ground_truth.jsonl").read_text())
+    run_ingest(spark, s, log=None)
+    second = run_round(spark, s, cfg, log=lambda *a: None)
+    assert second["published"] and second["audit"]["images"] > first["audit"]["images"]
+    # compared on the whole slices (the old rule), this rerun would have been refused
+    assert second["audit"]["regions"]["f1"] < first["audit"]["regions"]["f1"] - GATE.audit.max_f1_drop, \
+        (first["audit"]["regions"], second["audit"]["regions"])
+    assert latest_published_round(spark, root) == 1
