@@ -170,16 +170,15 @@ def listed_files(checkpoint: Path, batch_id: int) -> list[str] | None:
     return out
 
 
-def _landed(settings: Settings, kinds, checkpoint: Path, batch_id: int):
-    """(kind, path) of each file in this micro-batch: from the source's log, else (Auto Loader) by
-    walking the landing area."""
+def _landed(settings: Settings, kinds, listed: list[str] | None):
+    """(kind, path) of each file in this micro-batch: the source log's ``listed`` files, else (Auto
+    Loader) by walking the landing area."""
     kinds = list(kinds or ADAPTERS)
-    listed = listed_files(checkpoint, batch_id)
     if listed is not None:
+        roots = {kind: (settings.landing / kind).resolve() for kind in kinds}
         for uri in listed:
             p = Path(local_path(uri))
-            for kind in kinds:
-                root = (settings.landing / kind).resolve()
+            for kind, root in roots.items():
                 if p.resolve().is_relative_to(root):
                     yield kind, p
         return
@@ -201,9 +200,9 @@ def empty_files(spark, settings: Settings, root: TableRoot, batch_id: int, kinds
     import fnmatch
 
     checkpoint = checkpoint or settings.checkpoints / QUERY_NAME
-    from_log = listed_files(checkpoint, batch_id) is not None
+    listed = listed_files(checkpoint, batch_id)
     rows = []
-    for kind, p in _landed(settings, kinds, checkpoint, batch_id):
+    for kind, p in _landed(settings, kinds, listed):
         adapter, kind_root = ADAPTERS[kind], settings.landing / kind
         fn = p.name
         if fn.startswith((".", "_")) or not fnmatch.fnmatch(fn, adapter.glob):
@@ -221,7 +220,7 @@ def empty_files(spark, settings: Settings, root: TableRoot, batch_id: int, kinds
     if not rows:
         return None
     df = spark.createDataFrame(rows, RESOLVED)
-    if from_log:
+    if listed is not None:
         return df
     key = _quarantine_id()
     seen = read(spark, root, "quarantine").filter(F.col("ingest_batch") != batch_id).select("quarantine_id")
