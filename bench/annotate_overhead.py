@@ -23,7 +23,7 @@ from lakehouse.ingest import run_ingest  # noqa: E402
 from lakehouse.specialists import from_config, run_specialists  # noqa: E402
 from lakehouse.spark import get_spark  # noqa: E402
 from lakehouse.synthetic import write_world  # noqa: E402
-from lakehouse.tables import TableRoot, read  # noqa: E402
+from lakehouse.tables import read  # noqa: E402
 
 SPECIALISTS = [{"type": "contours"}, {"type": "rapidocr"}, {"type": "tesseract"}]
 
@@ -39,7 +39,7 @@ def main():
     spark = get_spark(s, "fld-bench-annotate")
     write_world(s.landing, s.synthetic_dir, n_images=args.images, seed=0, bad_inputs=False)
     run_ingest(spark, s, log=None)
-    images = read(spark, TableRoot(s.tables_root), "bronze_images").persist()
+    images = read(spark, s.tables, "bronze_images").persist()
     n = images.count()
     sps = from_config(SPECIALISTS)
     run_specialists(images.limit(2), sps, 1).count()  # warm the Python workers and models

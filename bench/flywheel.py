@@ -27,7 +27,7 @@ from jobs import generate, ingest, refine_round, train  # noqa: E402
 from lakehouse.config import load_settings  # noqa: E402
 from lakehouse.rounds import round_history  # noqa: E402
 from lakehouse.spark import get_spark  # noqa: E402
-from lakehouse.tables import TableRoot, read  # noqa: E402
+from lakehouse.tables import read  # noqa: E402
 from quality.audit import FAMILIES, score  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main():
 
     s = load_settings(home=home)
     spark = get_spark(s, "fld-flywheel-bench")
-    root = TableRoot(s.tables_root)
+    root = s.tables
     truth = {json.loads(x)["image_id"]: json.loads(x) for x in open(s.synthetic_dir / "ground_truth.jsonl")}
     rounds = []
     for h in round_history(spark, root):

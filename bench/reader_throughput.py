@@ -19,7 +19,7 @@ from lakehouse.config import load_settings  # noqa: E402
 from florence2.recipe import check_count  # noqa: E402
 from lakehouse.reader import delta_slice, iterate_rows, make_reader  # noqa: E402
 from lakehouse.spark import get_spark  # noqa: E402
-from lakehouse.tables import TableRoot, current_version  # noqa: E402
+from lakehouse.tables import current_version  # noqa: E402
 
 
 def main():
@@ -31,7 +31,7 @@ def main():
     args = p.parse_args()
     s = load_settings()
     spark = get_spark(s, "fld-bench-reader")
-    root = TableRoot(s.tables_root)
+    root = s.tables
     sl = delta_slice(spark, root, current_version(spark, root, "training_examples"), "train")
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": sl.rows, "files": len(sl.files),
            "image_size": args.image_size}

@@ -140,7 +140,7 @@ def _round(spark, s, specialists: str, images: int, cores: int) -> dict:
     from lakehouse.rounds import RoundConfig, run_round
     from quality.audit import AuditConfig
     from quality.gate import GateConfig
-    from lakehouse.tables import TableRoot, read
+    from lakehouse.tables import read
 
     # each point re-runs round 1 over all of bronze (a round is over the whole dataset); the audit
     # gate's regression margin is opened up: this bench measures cost, not whether quality moved
@@ -149,15 +149,15 @@ def _round(spark, s, specialists: str, images: int, cores: int) -> dict:
     t = time.perf_counter()
     run_round(spark, s, cfg, log=lambda *a: None)
     dt = time.perf_counter() - t
-    gold = read(spark, TableRoot(s.tables_root), "gold_fld").filter("round = 1").count()
+    gold = read(spark, s.tables, "gold_fld").filter("round = 1").count()
     return {"round_s": round(dt, 1), "round_images_per_s_per_core": round(images / dt / cores, 2), "gold_rows": gold}
 
 
 def _examples(spark, s, images: int, cores: int) -> dict:
     from lakehouse.examples import build_training_examples, write_training_examples
-    from lakehouse.tables import TableRoot, read
+    from lakehouse.tables import read
 
-    root = TableRoot(s.tables_root)
+    root = s.tables
     t = time.perf_counter()
     version = write_training_examples(spark, root, build_training_examples(spark, root, round_=1), {"fld_round": 1})
     dt = time.perf_counter() - t
@@ -168,9 +168,9 @@ def _examples(spark, s, images: int, cores: int) -> dict:
 def _reader(spark, s, cores: int) -> dict:
     from florence2.recipe import check_count
     from lakehouse.reader import delta_slice, iterate_rows, make_reader
-    from lakehouse.tables import TableRoot, current_version
+    from lakehouse.tables import current_version
 
-    root = TableRoot(s.tables_root)
+    root = s.tables
     sl = delta_slice(spark, root, current_version(spark, root, "training_examples"), "train")
     t = time.perf_counter()
     with make_reader(sl, 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), pool="process", workers=cores) as reader:

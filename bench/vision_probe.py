@@ -10,6 +10,7 @@ is slow, no decoder-side lever can make <OD> labels right within a CPU budget.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import random
@@ -36,6 +37,9 @@ def main():
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--out", default=None, help="default: bench/results/vision_probe_lr<lr>.json")
+    p.add_argument("--size", default="tiny", help="model preset the probe starts from")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the preset, e.g. image_size=256 or patch_stride=4,2,2,2")
     args = p.parse_args()
     import tempfile
 
@@ -43,7 +47,16 @@ def main():
     data = write_recipe_data(rows + val, Path(tempfile.mkdtemp(prefix="fld-probe-")))
     tok = load_tokenizer(data["tokenizer"])
     cfg = recipe.Config(region_attention=0.0)
-    model, proc = modeling.create("tiny", tok)
+    size = args.size
+    if args.set:
+        overrides = {}
+        for kv in args.set:
+            k, v = kv.split("=", 1)
+            overrides[k] = tuple(int(x) for x in v.split(",")) if "," in v else int(v)
+        modeling.SIZES["probe"] = dataclasses.replace(modeling.SIZES[args.size], **overrides)
+        size = "probe"
+    model, proc = modeling.create(size, tok)
+    print(f"{size}: {modeling.SIZES[size]}; {proc.num_image_tokens - 1} grid tokens", flush=True)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     loc = modeling.loc_token_range(tok)
@@ -75,7 +88,7 @@ def main():
                           "val_cell_label_accuracy": round(accuracy(), 4)})
             print(json.dumps(curve[-1]), flush=True)
     out = Path(args.out or Path(__file__).parent / "results" / f"vision_probe_lr{args.lr:g}.json")
-    out.write_text(json.dumps({"lr": args.lr, "batch": args.batch, "images": args.images, "chance": 1 / 8,
+    out.write_text(json.dumps({"size": dataclasses.asdict(modeling.SIZES[size]), "lr": args.lr, "batch": args.batch, "images": args.images, "chance": 1 / 8,
                                "curve": curve}, indent=2) + "\n")
 
 

@@ -11,5 +11,11 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def bounding_box(points) -> list[float] | None:
+    """The (x0, y0, x1, y1) box of flat [x, y, x, y, ...] points (a quad or a polygon); None when empty."""
+    xs, ys = points[0::2], points[1::2]
+    return [min(xs), min(ys), max(xs), max(ys)] if len(xs) else None
+
+
 def overlaps(a, b) -> bool:
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from florence2.geometry import bounding_box
 from florence2.locations import box_tokens, polygon_tokens, quad_tokens, quantize_points
 from florence2.parsing import BANNED_GROUNDING_TOKENS
 from florence2.tasks import TASKS
+from florence2.vocabulary import CAPTION_LEVELS
 
 
 @dataclass
@@ -36,8 +38,7 @@ class Word:
 
     @property
     def bbox(self) -> list[float]:
-        xs, ys = self.quad[0::2], self.quad[1::2]
-        return [min(xs), min(ys), max(xs), max(ys)]
+        return bounding_box(self.quad)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Example:
     region: tuple | None = None
 
 
-CAPTION_TASKS = {"brief": "<CAPTION>", "detailed": "<DETAILED_CAPTION>", "more_detailed": "<MORE_DETAILED_CAPTION>"}
+CAPTION_TASKS = {c.name: c.task for c in CAPTION_LEVELS}
 
 
 def _label(s: str | None) -> str:

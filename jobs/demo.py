@@ -51,9 +51,8 @@ def main(argv=None) -> None:
 def _audit(s):
     from lakehouse.rounds import audit_table, round_history
     from lakehouse.spark import get_spark
-    from lakehouse.tables import TableRoot
 
-    return audit_table(round_history(get_spark(s, "fld-demo"), TableRoot(s.tables_root)))
+    return audit_table(round_history(get_spark(s, "fld-demo"), s.tables))
 
 
 def _summary(s, ing, rounds, tr, ev, seconds):

@@ -13,16 +13,14 @@ import io
 import json
 from pathlib import Path
 
+from florence2.geometry import bounding_box
+from florence2.vocabulary import CAPTION_TASKS
 from jobs.common import base_parser, settings_from
 
-CAPTION_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
 
 
 def _box_of(poly_sets):
-    pts = [p for polys in poly_sets for p in polys]
-    xs = [v for p in pts for v in p[0::2]]
-    ys = [v for p in pts for v in p[1::2]]
-    return [min(xs), min(ys), max(xs), max(ys)] if xs else None
+    return bounding_box([v for polys in poly_sets for p in polys for v in p])
 
 
 def evaluate_examples(predictor, examples: list[dict], baseline: bool = True) -> dict:
@@ -40,7 +38,7 @@ def evaluate_examples(predictor, examples: list[dict], baseline: bool = True) ->
         out = predictor.predict([Request(e["image"], task, e.get("text_input"),
                                          None if e.get("region") is None else tuple(e["region"])) for e in exs])
         preds[task] = list(zip(exs, out))
-    caps = [(e, o) for t in CAPTION_TASKS for e, o in preds.get(t, [])]
+    caps = [(e, o) for t in CAPTION_TASKS.values() for e, o in preds.get(t, [])]
     if caps:
         refs = {str(i): [e["target"]] for i, (e, _) in enumerate(caps)}
         metrics["cider"] = ev.cider({str(i): o["answer"] or "" for i, (_, o) in enumerate(caps)}, refs)
@@ -187,10 +185,10 @@ def main(argv=None) -> dict:
     results = {}
     if args.coco is None or args.examples_version is not None:
         from lakehouse.spark import get_spark
-        from lakehouse.tables import TableRoot, current_version, read
+        from lakehouse.tables import current_version, read
 
         spark = get_spark(s, "fld-evaluate")
-        root = TableRoot(s.tables_root)
+        root = s.tables
         version = args.examples_version if args.examples_version is not None else current_version(spark, root, "training_examples")
         rows = (read(spark, root, "training_examples", version=version).filter("split = 'val'")
                 .orderBy("example_id").limit(args.limit).collect())

@@ -5,7 +5,6 @@ from jobs.common import base_parser, settings_from
 from lakehouse.ingest import run_ingest, totals
 from lakehouse.reporting import print_table, table_versions
 from lakehouse.spark import get_spark
-from lakehouse.tables import TableRoot
 
 
 def main(argv=None) -> dict:
@@ -25,7 +24,7 @@ def main(argv=None) -> dict:
     print(f"[ingest] {len(res.batches)} micro-batches in {res.seconds:.1f}s")
     print_table(("source", "inputs", "new images", "duplicates", "quarantined", "labels"), rows)
     print("quarantine by reason:", t["quarantine"])
-    print_table(("table", "delta version"), sorted(table_versions(spark, TableRoot(s.tables_root)).items()))
+    print_table(("table", "delta version"), sorted(table_versions(spark, s.tables).items()))
     return t
 
 

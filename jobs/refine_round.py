@@ -11,7 +11,6 @@ from jobs.common import base_parser, settings_from
 from lakehouse.reporting import print_table
 from lakehouse.rounds import GateFailed, RoundBusy, RoundConfig, audit_table, round_history, run_round
 from lakehouse.spark import get_spark
-from lakehouse.tables import TableRoot
 
 
 def main(argv=None) -> dict:
@@ -32,14 +31,14 @@ def main(argv=None) -> dict:
         res = run_round(spark, s, cfg)
     except GateFailed as e:
         print(str(e), file=sys.stderr)
-        print_table(*audit_table(round_history(spark, TableRoot(s.tables_root))))
+        print_table(*audit_table(round_history(spark, s.tables)))
         sys.exit(1)
     except RoundBusy as e:
         print(str(e), file=sys.stderr)
         sys.exit(3)
     st = {k: v for k, v in res["stats"].items() if k != "annotations_by_annotator"}
     print_table(("statistic", f"round {args.round}"), sorted(st.items()))
-    print_table(*audit_table(round_history(spark, TableRoot(s.tables_root))))
+    print_table(*audit_table(round_history(spark, s.tables)))
     print(f"published round {args.round} as gold_fld version {res['gold_version']}")
     return res
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from jobs.common import base_parser, settings_from
 from lakehouse.spark import get_spark
 from lakehouse.statistics import write_report
-from lakehouse.tables import TableRoot, ensure_tables
+from lakehouse.tables import ensure_tables
 
 
 def main(argv=None) -> dict:
@@ -13,7 +13,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     s = settings_from(args)
     spark = get_spark(s, "fld-statistics")
-    root = TableRoot(s.tables_root)
+    root = s.tables
     ensure_tables(spark, root)
     rep = write_report(spark, root, args.out or s.home / "reports")
     print(open(rep["markdown"]).read())

@@ -56,10 +56,10 @@ def main(argv=None) -> dict:
     from lakehouse.reader import delta_slice
     from lakehouse.rounds import latest_published_round
     from lakehouse.spark import get_spark
-    from lakehouse.tables import TableRoot, current_version, ensure_tables, read
+    from lakehouse.tables import current_version, ensure_tables, read
 
     spark = get_spark(s, "fld-train")
-    root = TableRoot(s.tables_root)
+    root = s.tables
     ensure_tables(spark, root)
     cfg = load_config(args.config, args.overrides)
     if args.examples_version is None:

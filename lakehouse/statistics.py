@@ -7,7 +7,9 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
+from florence2.vocabulary import CAPTION_KINDS
 from lakehouse.tables import TABLES, TableRoot, read
+from quality.gate import word_count
 
 COLUMNS = tuple(f.name for f in TABLES["fld_statistics"].schema.fields[1:-1])
 
@@ -22,8 +24,7 @@ def round_statistics(gold, silver) -> dict:
         F.sum(F.expr("aggregate(grounding, 0, (acc, x) -> acc + size(x.boxes))")).alias("phrase_region_triplets"),
         F.sum(F.size("words")).alias("ocr_words"),
         F.avg("n_regions").alias("regions_per_image"),
-        *[F.avg(F.size(F.split(F.trim(F.col(c)), r"\s+"))).alias(f"words_{c}")
-          for c in ("caption_brief", "caption_detailed", "caption_more_detailed")],
+        *[F.avg(word_count(F.col(c))).alias(f"words_{c}") for c in CAPTION_KINDS],
     ).collect()[0].asDict()
     per_annotator = {f"{r['annotator']}/{r['kind']}": r["n"] for r in
                      silver.groupBy("annotator", "kind").agg(F.count("*").alias("n")).collect()}
@@ -43,8 +44,7 @@ def write_report(spark, root: TableRoot, out_dir: Path) -> dict:
     stats = published_statistics(spark, root)
     rows = [(s["round"], *[float(s[c]) for c in COLUMNS], json.dumps(s["annotations_by_annotator"])) for s in stats]
     df = spark.createDataFrame(rows, TABLES["fld_statistics"].schema)
-    w = df.write.format("delta").mode("overwrite")
-    w.saveAsTable(root.ident("fld_statistics")) if root.is_catalog else w.save(root.path("fld_statistics"))
+    root.save(df.write.format("delta").mode("overwrite"), "fld_statistics")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = ["| round | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from florence2.geometry import iou, overlaps
-from florence2.vocabulary import position_name
+from florence2.geometry import bounding_box, iou, overlaps
+from florence2.vocabulary import plural, position_name
 
 CATEGORIES = ("circle", "square", "triangle", "star", "hexagon", "pentagon", "diamond", "cross")
-PLURALS = {c: c + "es" if c.endswith("s") else c + "s" for c in CATEGORIES}
+PLURALS = {c: plural(c) for c in CATEGORIES}
 COLORS = {
     "red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 70, 220), "yellow": (240, 210, 30),
     "purple": (140, 50, 170), "orange": (245, 130, 20), "black": (20, 20, 20), "pink": (240, 120, 180),
@@ -131,8 +131,7 @@ def make_scene(rng: random.Random, scene_id: str, scale: int = 1, noise: float =
             cx, cy = rng.uniform(r + 2, w - r - 2), rng.uniform(r + 2, h - r - 2)
             cat = rng.choice(CATEGORIES)
             poly = _shape_polygon(cat, cx, cy, r, rng.uniform(-0.3, 0.3))
-            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
-            bbox = [min(xs), min(ys), max(xs), max(ys)]
+            bbox = bounding_box([v for p in poly for v in p])
             if all(iou(bbox, o.bbox) < 0.3 for o in objects):
                 break
         else:

@@ -263,6 +263,13 @@ class TableRoot:
             raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}")
         return f"{self.root}.{name}" if self.is_catalog else f"delta.`{self.path(name)}`"
 
+    def save(self, writer, name: str) -> None:
+        """Run a configured ``DataFrameWriter`` against table ``name`` (by name in a catalog, else by path)."""
+        writer.saveAsTable(self.ident(name)) if self.is_catalog else writer.save(self.path(name))
+
+    def load(self, reader, name: str):
+        return reader.table(self.ident(name)) if self.is_catalog else reader.load(self.path(name))
+
 
 def ensure_table(spark, root: TableRoot, tdef: TableDef) -> None:
     from delta.tables import DeltaTable
@@ -275,8 +282,7 @@ def ensure_table(spark, root: TableRoot, tdef: TableDef) -> None:
         builder = builder.comment(tdef.description)
     builder.execute()
     # a table made by an earlier version of this catalog gets the nullable columns added since
-    have = set(spark.read.table(root.ident(tdef.name)).columns if root.is_catalog
-               else spark.read.format("delta").load(root.path(tdef.name)).columns)
+    have = set(root.load(spark.read.format("delta"), tdef.name).columns)
     missing = [f for f in tdef.schema.fields if f.name not in have]
     if missing:
         cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
@@ -301,7 +307,7 @@ def read(spark, root: TableRoot, name: str, version: int | None = None):
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
-    return reader.table(root.ident(name)) if root.is_catalog else reader.load(root.path(name))
+    return root.load(reader, name)
 
 
 def current_version(spark, root: TableRoot, name: str) -> int:
@@ -328,5 +334,5 @@ def append_once(spark, root: TableRoot, name: str, df, app_id: str, version: int
     wrote ~24 small files per table, and every later read of the table paid for each)."""
     parts = TABLES[name].partition_by
     df = df.repartition(*parts) if parts else df.coalesce(1)
-    w = df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version))
-    w.saveAsTable(root.ident(name)) if root.is_catalog else w.save(root.path(name))
+    root.save(df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version)),
+              name)

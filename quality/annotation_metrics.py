@@ -8,11 +8,8 @@ recall and F1 per annotation kind.  A prediction matches at most one truth item.
 from __future__ import annotations
 
 from florence2.evaluation import match_one_to_one
-
-
-def _head(phrase: str) -> str:
-    w = phrase.lower().split()[-1] if phrase.split() else ""
-    return w[:-2] if w.endswith("es") and w[:-2].endswith(("x", "ch", "sh", "ss")) else w.rstrip("s")
+from florence2.geometry import bounding_box
+from florence2.vocabulary import head_noun
 
 
 def score(gold_rows: list[dict], truth: dict[str, dict]) -> dict:
@@ -28,13 +25,13 @@ def score(gold_rows: list[dict], truth: dict[str, dict]) -> dict:
             acc[k][0] += match_one_to_one(regs, objs, ok)
             acc[k][1] += len(regs)
             acc[k][2] += len(objs)
-        words = [(_qbox(w["quad"]), w["text"].lower()) for w in g["words"] or []]
+        words = [(bounding_box(w["quad"]), w["text"].lower()) for w in g["words"] or []]
         twords = [(w["bbox"], w["text"].lower()) for w in t["words"]]
         acc["words"][0] += match_one_to_one(words, twords, lambda p, q: p[1] == q[1])
         acc["words"][1] += len(words)
         acc["words"][2] += len(twords)
-        gp = [(b, _head(x["phrase"])) for x in g["grounding"] or [] for b in x["boxes"]]
-        tp_ = [(t["objects"][i]["bbox"], _head(x["phrase"])) for x in t["grounding"] if x["level"] == "brief"
+        gp = [(b, head_noun(x["phrase"])) for x in g["grounding"] or [] for b in x["boxes"]]
+        tp_ = [(t["objects"][i]["bbox"], head_noun(x["phrase"])) for x in t["grounding"] if x["level"] == "brief"
                for i in x["object_ids"]]
         acc["grounding"][0] += match_one_to_one(gp, tp_, lambda p, q: p[1] == q[1])
         acc["grounding"][1] += len(gp)
@@ -47,7 +44,3 @@ def score(gold_rows: list[dict], truth: dict[str, dict]) -> dict:
                   "tp": tp, "predicted": npred, "true": ntrue}
     return out
 
-
-def _qbox(q):
-    xs, ys = q[0::2], q[1::2]
-    return [min(xs), min(ys), max(xs), max(ys)]

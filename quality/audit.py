@@ -24,6 +24,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from florence2.geometry import bounding_box
 from quality.annotation_metrics import score as score_annotations
 
 FAMILIES = ("regions", "boxes", "words", "grounding", "captions")
@@ -70,8 +71,7 @@ def reference(spark, labels: DataFrame, audit_ids: set[str], synthetic_truth: Pa
             if r["kind"] == "box" and r["bbox"] and r["text"]:
                 t["objects"].append({"bbox": list(r["bbox"]), "category": r["text"].lower()})
             elif r["kind"] == "word" and r["text"] and (r["quad"] or r["bbox"]):
-                q = list(r["quad"]) if r["quad"] else None
-                box = [min(q[0::2]), min(q[1::2]), max(q[0::2]), max(q[1::2])] if q else list(r["bbox"])
+                box = bounding_box(list(r["quad"])) if r["quad"] else list(r["bbox"])
                 t["words"].append({"text": r["text"], "bbox": box})
             elif r["kind"] == "caption" and r["text"]:
                 t["captions"].setdefault("brief", r["text"])

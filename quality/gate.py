@@ -12,18 +12,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from florence2.vocabulary import ANNOTATION_KINDS, CAPTION_KINDS, MAX_REGIONS_PER_IMAGE
+from florence2.vocabulary import ANNOTATION_KINDS, CAPTION_KINDS, CAPTION_LEVELS, MAX_REGIONS_PER_IMAGE
 from quality.audit import AuditConfig
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    # words per caption granularity (the paper: brief ~8 tokens, detailed ~32, more detailed ~71)
-    caption_words: dict = field(default_factory=lambda: {"caption_brief": (2, 40), "caption_detailed": (5, 120),
-                                                         "caption_more_detailed": (10, 250)})
+    # words per caption level; by default the filters' own ranges
+    caption_words: dict = field(default_factory=lambda: {c.kind: c.words for c in CAPTION_LEVELS})
     max_regions_per_image: int | None = None   # None: the filters' limit (lakehouse.rounds.gate_config)
     min_mean_regions_per_image: float = 0.5
     # share of a round's images on which one specialist may raise or time out (annotation_errors)
@@ -31,9 +30,15 @@ class GateConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
 
 
+def word_count(col) -> Column:
+    """``florence2.vocabulary.count_words`` as a Spark expression."""
+    t = F.trim(col)
+    return F.when(t == "", 0).otherwise(F.size(F.split(t, r"\s+")))
+
+
 def annotations_view(silver: DataFrame, images: DataFrame) -> DataFrame:
     """Silver annotations of one round with image size, box corners, word counts and a caption key."""
-    words = F.size(F.split(F.trim(F.col("text")), r"\s+"))
+    words = word_count(F.col("text"))
     v = silver.join(images.select("image_id", "width", "height"), "image_id", "left")
     cols = [F.col("bbox")[i].alias(n) for i, n in enumerate(("x0", "y0", "x1", "y1"))]
     cols += [F.when(F.col("kind") == k, words).alias(f"words_{k}") for k in CAPTION_KINDS]

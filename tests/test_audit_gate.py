@@ -12,7 +12,7 @@ from lakehouse.acceptance import AcceptanceConfig, calibrate
 from lakehouse.ingest import run_ingest
 from lakehouse.rounds import GateFailed, RoundConfig, latest_published_round, run_round
 from lakehouse.synthetic import write_world
-from lakehouse.tables import TableRoot, current_version, read
+from lakehouse.tables import current_version, read
 from quality.audit import AuditConfig, audit_column, in_audit
 from quality.gate import GateConfig
 
@@ -29,7 +29,7 @@ def world(spark, tmp_path_factory):
     run_ingest(spark, s, log=None)
     spark.sparkContext.addPyFile(str(Path(__file__).with_name("audit_specialists.py")))
     res = run_round(spark, s, RoundConfig(round=1, specialists=FAST, gate=GATE), log=lambda *a: None)
-    return s, TableRoot(s.tables_root), res
+    return s, s.tables, res
 
 
 def _truth(s) -> str:
@@ -118,7 +118,7 @@ def test_rerun_over_more_images_is_compared_on_the_images_both_rounds_cover(spar
     s = load_settings(home=tmp_path / "fld_home")
     write_world(s.landing, s.synthetic_dir, n_images=16, seed=8, bad_inputs=False)
     run_ingest(spark, s, log=None)
-    root = TableRoot(s.tables_root)
+    root = s.tables
     cfg = RoundConfig(round=1, specialists=[{"type": "contours"}], gate=GATE)
     first = run_round(spark, s, cfg, log=lambda *a: None)
     more = tmp_path / "truth-more"

@@ -12,10 +12,13 @@ from lakehouse.fld import ground_phrases
 from lakehouse.ingest import run_ingest
 from lakehouse.rounds import GateFailed, RoundConfig, latest_published_round, run_round
 from lakehouse.specialists import from_config, run_specialists
-from lakehouse.synthetic import write_world
-from lakehouse.tables import TABLES, TableRoot, current_version, read
+from lakehouse.synthetic import CATEGORIES, PLURALS, write_world
+from lakehouse.tables import TABLES, current_version, read
 from florence2.evaluation import word_f1
 from quality.annotation_metrics import score
+from quality.gate import GateConfig, word_count
+from florence2.geometry import bounding_box
+from florence2.vocabulary import CAPTION_LEVELS, count_words, head_noun, singular
 
 NOW = dt.datetime(2026, 1, 1)
 
@@ -46,6 +49,19 @@ def test_text_filter_keeps_good_and_drops_bad(spark):
     assert kept == {"good", "label"}
     assert removed == {("text", "caption_too_short"): 1, ("text", "caption_mostly_non_alpha"): 1,
                        ("text", "blacklisted_phrase"): 1}
+
+
+def test_one_vocabulary_for_caption_lengths_plurals_and_boxes(spark):
+    """The filter, the gate, the human-caption levels and the metrics read one definition of each."""
+    texts = ["a red circle", "  two  blue\tsquares ", "", "word"]
+    got = [r[0] for r in spark.createDataFrame([(t,) for t in texts], "text string")
+           .select(word_count(F.col("text"))).collect()]
+    assert got == [count_words(t) for t in texts] == [3, 3, 0, 1]
+    assert FilterConfig().caption_words == GateConfig().caption_words == {c.kind: c.words for c in CAPTION_LEVELS}
+    for c in CATEGORIES:
+        assert singular(PLURALS[c]) == singular(c) == c
+    assert head_noun("three red crosses") == head_noun("a red cross") == "cross"
+    assert bounding_box([4, 1, 9, 2, 8, 7, 3, 6]) == [3, 1, 9, 7]
 
 
 def test_confidence_threshold(spark):
@@ -80,7 +96,7 @@ def engine(spark, tmp_path_factory):
     write_world(s.landing, s.synthetic_dir, n_images=20, seed=7)
     run_ingest(spark, s, log=None)
     res = run_round(spark, s, RoundConfig(round=1), log=lambda *a: None)
-    return s, TableRoot(s.tables_root), res
+    return s, s.tables, res
 
 
 def test_round_one_publishes_three_families(spark, engine):
@@ -125,7 +141,7 @@ def test_failing_gate_keeps_previous_round(spark, engine):
     gold_before = current_version(spark, root, "gold_fld")
     # a user's own specialist, shipped to the Spark workers as a module
     spark.sparkContext.addPyFile(str(__import__("pathlib").Path(__file__).with_name("broken_specialist.py")))
-    wide = FilterConfig(caption_tokens={"caption_brief": (1, 1000)})
+    wide = FilterConfig(caption_words={"caption_brief": (1, 1000)})
     cfg = RoundConfig(round=2, specialists=[{"type": "python", "class": "broken_specialist:BrokenCaptioner"}],
                       filters=wide)
     with pytest.raises(GateFailed) as e:
@@ -325,7 +341,7 @@ def test_round_one_on_real_coco_photos(spark, real_dev, tmp_path):
     for f in ("instances_train2017.json", "captions_train2017.json"):
         shutil.copy(src / "annotations" / f, dest / "annotations" / f)
     run_ingest(spark, s, log=None)
-    root = TableRoot(s.tables_root)
+    root = s.tables
     try:
         res = run_round(spark, s, RoundConfig(round=1), log=print)
         published, msg = res["published"], ""

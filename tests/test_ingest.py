@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.ingest import run_ingest, totals
 from lakehouse.synthetic import SOURCE_KINDS, write_world
-from lakehouse.tables import TableRoot, read
+from lakehouse.tables import read
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,13 +48,13 @@ def test_every_input_accounted_for(spark, ingested):
     assert inputs == expected["inputs"]
     assert t["bronze_images"] == expected["distinct_images"]
     assert t["quarantine"] == expected["quarantined"]
-    log = read(spark, TableRoot(s.tables_root), "ingest_log").collect()
+    log = read(spark, s.tables, "ingest_log").collect()
     assert all(r.inputs == r.new_images + r.duplicates + r.quarantined for r in log)
 
 
 def test_each_source_format_lands_with_its_labels(spark, ingested):
     s, expected, _ = ingested
-    root = TableRoot(s.tables_root)
+    root = s.tables
     labels = read(spark, root, "bronze_labels")
     kinds = {(r.source_kind, r.kind) for r in labels.select("source_kind", "kind").distinct().collect()}
     assert kinds == {("imagefolder", "class"), ("coco", "box"), ("coco", "caption"), ("openimages", "box"),
@@ -75,14 +75,14 @@ def test_each_source_format_lands_with_its_labels(spark, ingested):
 
 def test_rows_carry_metadata(spark, ingested):
     s, _, _ = ingested
-    for r in read(spark, TableRoot(s.tables_root), "bronze_images").drop("content").collect():
+    for r in read(spark, s.tables, "bronze_images").drop("content").collect():
         assert r.width > 0 and r.height > 0 and r.format in ("PNG", "JPEG") and r.uri and r.ingest_time
         assert r.original_id and r.source_name == "synthetic"
 
 
 def test_quarantine_rows_name_record_and_reason(spark, ingested):
     s, _, _ = ingested
-    rows = read(spark, TableRoot(s.tables_root), "quarantine").collect()
+    rows = read(spark, s.tables, "quarantine").collect()
     by = {r.reason: r for r in rows}
     assert by["empty_file"].uri.endswith("empty.png")
     assert "does-not-exist.jpg" in by["missing_file"].detail
@@ -93,7 +93,7 @@ def test_quarantine_rows_name_record_and_reason(spark, ingested):
 
 def test_rerun_and_cross_source_duplicates_add_no_rows(spark, ingested):
     s, expected, _ = ingested
-    root = TableRoot(s.tables_root)
+    root = s.tables
     before = read(spark, root, "bronze_images").count()
     assert run_ingest(spark, s, log=None).batches == []            # nothing new landed
     # the same files landed again under another source name: all duplicates
@@ -107,7 +107,7 @@ def test_rerun_and_cross_source_duplicates_add_no_rows(spark, ingested):
 
 def test_time_travel(spark, ingested):
     s, expected, _ = ingested
-    root = TableRoot(s.tables_root)
+    root = s.tables
     hist = spark.sql(f"DESCRIBE HISTORY {root.ident('bronze_images')}").orderBy("version").collect()
     merges = [h.version for h in hist if h.operation == "WRITE"]  # appends since issue 10 (were MERGEs)
     assert read(spark, root, "bronze_images", version=merges[0] - 1).count() == 0
@@ -119,7 +119,7 @@ def test_independent_delta_reader_sees_same_rows(spark, ingested):
     import pyarrow.parquet as pq
 
     s, _, _ = ingested
-    root = TableRoot(s.tables_root)
+    root = s.tables
     for name, key in (("bronze_images", "image_id"), ("bronze_labels", "label_id"), ("quarantine", "quarantine_id")):
         dt = deltalake.DeltaTable(root.path(name))
         # deltalake replays the log independently of Spark; pyarrow reads the active files
@@ -159,7 +159,7 @@ def test_sigkill_mid_batch_then_restart_is_exact(spark, settings):
     assert inputs == expected["inputs"]
     assert t["bronze_images"] == expected["distinct_images"]
     assert t["quarantine"] == expected["quarantined"]
-    root = TableRoot(settings.tables_root)
+    root = settings.tables
     labels = read(spark, root, "bronze_labels")
     assert labels.count() == labels.select("label_id").distinct().count() == sum(v["labels"] for v in t["per_source"].values())
     assert "micro-batches" in r.stdout and "quarantined" in r.stdout
@@ -185,7 +185,7 @@ def test_continuous_mode_picks_up_new_files(spark, settings):
 
     th = threading.Thread(target=land_after_first_batch)
     th.start()
-    root = TableRoot(settings.tables_root)
+    root = settings.tables
     res = run_ingest(spark, settings, mode="continuous", timeout_s=400, log=None,
                      until=lambda r: len(r.batches) >= 2 and read(spark, root, "bronze_images").count() == 10)
     th.join()
@@ -224,7 +224,7 @@ def test_real_coco_sample(spark, settings, real_dev):
     run_ingest(spark, settings, kinds=["coco"], log=None)
     t = totals(spark, settings)
     assert t["bronze_images"] == 20 and t["quarantine"] == {}
-    labels = read(spark, TableRoot(settings.tables_root), "bronze_labels")
+    labels = read(spark, settings.tables, "bronze_labels")
     assert labels.filter("kind = 'box'").count() == 134
     assert labels.filter("kind = 'caption'").count() == 100
     assert labels.filter("kind = 'box' AND polygons IS NOT NULL").count() == 133   # one RLE crowd mask keeps its box

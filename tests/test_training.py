@@ -17,7 +17,7 @@ from florence2.recipe import ShortReadError, check_count
 from lakehouse.reader import delta_slice, iterate_rows, make_reader
 from lakehouse.rounds import RoundConfig, run_round
 from lakehouse.synthetic import write_world
-from lakehouse.tables import TableRoot, read
+from lakehouse.tables import read
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_ROUND = [{"type": "rapidocr"}, {"type": "contours"}]
@@ -33,7 +33,7 @@ def pinned(spark, tmp_path_factory):
     write_world(s.landing, s.synthetic_dir, n_images=12, seed=4, bad_inputs=False)
     run_ingest(spark, s, log=None)
     run_round(spark, s, RoundConfig(round=1, specialists=FAST_ROUND), log=lambda *a: None)
-    root = TableRoot(s.tables_root)
+    root = s.tables
     mixture = {"<OD>": 1.0, "<CAPTION>": 1.0, "<OCR>": 1.0}
     mixture.update({t: 0.0 for t in __import__("florence2.tasks", fromlist=["TASKS"]).TASKS if t not in mixture})
     v = write_training_examples(spark, root, build_training_examples(spark, root, 1, None, mixture, 0.2), {"test": 1})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from florence2.geometry import bounding_box
 from florence2.vocabulary import CAPTION_TASKS
 from lakehouse.specialists.base import Specialist
 
@@ -76,8 +77,6 @@ class Florence2Specialist(Specialist):
             out += [{"kind": "region", "text": lab, "description": lab, "bbox": b, "confidence": sc}
                     for b, lab, sc in zip(ans["bboxes"], ans["labels"], ans["scores"]) if lab]
         else:
-            for q, lab, sc in zip(ans["quad_boxes"], ans["labels"], ans["scores"]):
-                xs, ys = q[0::2], q[1::2]
-                out.append({"kind": "word", "text": lab, "quad": [float(v) for v in q],
-                            "bbox": [min(xs), min(ys), max(xs), max(ys)], "confidence": sc})
+            out += [{"kind": "word", "text": lab, "quad": [float(v) for v in q], "bbox": bounding_box(q),
+                     "confidence": sc} for q, lab, sc in zip(ans["quad_boxes"], ans["labels"], ans["scores"])]
         return out

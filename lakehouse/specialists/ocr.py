@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 
+from florence2.geometry import bounding_box
 from lakehouse.specialists.base import Specialist
 
 
@@ -68,10 +69,8 @@ def split_line(quad, text: str, conf: float) -> list[dict]:
         f0, f1 = start / total, pos / total
         top0, top1 = (ax + (bx - ax) * f0, ay + (by - ay) * f0), (ax + (bx - ax) * f1, ay + (by - ay) * f1)
         bot0, bot1 = (dx + (cx - dx) * f0, dy + (cy - dy) * f0), (dx + (cx - dx) * f1, dy + (cy - dy) * f1)
-        q = [*top0, *top1, *bot1, *bot0]
-        xs, ys = q[0::2], q[1::2]
-        out.append({"kind": "word", "text": t, "quad": [float(v) for v in q],
-                    "bbox": [min(xs), min(ys), max(xs), max(ys)], "confidence": float(conf)})
+        q = [float(v) for v in (*top0, *top1, *bot1, *bot0)]
+        out.append({"kind": "word", "text": t, "quad": q, "bbox": bounding_box(q), "confidence": float(conf)})
     return out
 
 
