@@ -23,9 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs import generate, ingest, refine_round, train  # noqa: E402
+from florence2.recipe import load_config  # noqa: E402
 from lakehouse.config import load_settings  # noqa: E402
-from lakehouse.rounds import round_history  # noqa: E402
+from lakehouse.ingest import run_ingest  # noqa: E402
+from lakehouse.rounds import GateFailed, RoundConfig, round_history, run_round  # noqa: E402
+from lakehouse.synthetic import write_world  # noqa: E402
+from lakehouse.training import DEFAULT_CONFIG, run_training  # noqa: E402
 from lakehouse.spark import get_spark  # noqa: E402
 from lakehouse.tables import read  # noqa: E402
 from quality.audit import FAMILIES, score  # noqa: E402
@@ -40,24 +43,23 @@ def main():
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "flywheel"))
     args = p.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="fld-flywheel-"))
-    common = [f"--home={home}"]
     t0 = time.time()
-    generate.main(common + [f"--images={args.images}"])
-    ingest.main(common)
-    refine_round.main(common + ["--round=1"])
+    s = load_settings(home=home)
+    write_world(s.landing, s.synthetic_dir, args.images, 0)
+    spark = get_spark(s, "fld-flywheel-bench")
+    run_ingest(spark, s)
+    run_round(spark, s, RoundConfig(round=1))
+    cfg = load_config(DEFAULT_CONFIG, [f"max_minutes={args.train_minutes}", "max_steps=1000000", "epochs=1000",
+                                       "batch_size=16", "checkpoint_every=500", "log_every=100"])
     trainings = {}
     for n in range(2, args.rounds + 1):
-        tr = train.main(common + [f"--round={n - 1}", f"--run-name=flywheel-round{n - 1}", "--register=",
-                                  f"max_minutes={args.train_minutes}", "max_steps=1000000", "epochs=1000",
-                                  "batch_size=16", "checkpoint_every=500", "log_every=100"])
+        tr = run_training(s, cfg, round_=n - 1, run_name=f"flywheel-round{n - 1}", register=None)
         trainings[n - 1] = tr["result"]
         try:
-            refine_round.main(common + [f"--round={n}", f"--model={tr['model_dir']}"])
-        except SystemExit:
-            print(f"round {n} refused by the gate; the next round refines the latest published one")
+            run_round(spark, s, RoundConfig(round=n, model=tr["model_dir"], specialists=[]))
+        except GateFailed as e:
+            print(f"round {n} refused by the gate; the next round refines the latest published one:\n{e}")
 
-    s = load_settings(home=home)
-    spark = get_spark(s, "fld-flywheel-bench")
     root = s.tables
     truth = {json.loads(x)["image_id"]: json.loads(x) for x in open(s.synthetic_dir / "ground_truth.jsonl")}
     rounds = []

@@ -7,7 +7,7 @@ caption; a whole-image box / polygon; no OCR).
 ``--direct`` skips the lakehouse (no Spark, Delta or specialists: what a GPU box without
 Java can run): training examples come straight from the synthetic truth of ``--images``
 scenes, validation from other scenes, and the same recipe and the same scoring
-(``jobs.evaluate.evaluate_examples``) run on them, with any ``--size``:
+(``florence2.evaluation.evaluate_examples``) run on them, with any ``--size``:
 
     python3 bench/learning_report.py --direct --size small --images 3000 --minutes 6 --batch 64
 """
@@ -51,19 +51,27 @@ def main():
         return score_saved(Path(args.score))
     if args.direct:
         return direct(args)
-    from jobs import evaluate, generate, ingest, refine_round, train
+    from florence2.recipe import load_config
+    from lakehouse.config import load_settings
+    from lakehouse.evaluation import evaluate
+    from lakehouse.ingest import run_ingest
+    from lakehouse.rounds import RoundConfig, run_round
+    from lakehouse.spark import get_spark
+    from lakehouse.synthetic import write_world
+    from lakehouse.training import DEFAULT_CONFIG, run_training
 
     args.out = args.out or str(Path(__file__).parent / "results" / "learning_report")
     home = args.home or tempfile.mkdtemp(prefix="fld-learn-")
-    common = [f"--home={home}"]
     t0 = time.time()
-    generate.main(common + [f"--images={args.images}"])
-    ingest.main(common)
-    refine_round.main(common + ["--round=1"])
-    tr = train.main(common + ["--run-name=learning-report", f"--mixture={json.dumps(MIXTURE)}", f"max_minutes={args.minutes}", "max_steps=1000000",
-                              "epochs=1000", "batch_size=16", "checkpoint_every=500", "log_every=100"])
-    ev = evaluate.main(common + [f"--examples-version={tr['examples_version']}", "--model", tr["model_dir"],
-                                 "--limit=400", "--synthetic-referring"])
+    s = load_settings(home=home)
+    write_world(s.landing, s.synthetic_dir, args.images, 0)
+    spark = get_spark(s, "fld-learning-report")
+    run_ingest(spark, s)
+    run_round(spark, s, RoundConfig(round=1))
+    cfg = load_config(DEFAULT_CONFIG, [f"max_minutes={args.minutes}", "max_steps=1000000", "epochs=1000",
+                                       "batch_size=16", "checkpoint_every=500", "log_every=100"])
+    tr = run_training(s, cfg, run_name="learning-report", mixture=MIXTURE)
+    ev = evaluate(s, tr["model_dir"], tr["examples_version"], limit=400, synthetic_referring=True)
     ablation = _ablation(home, tr)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "images": args.images,
            "train_minutes_budget": args.minutes, "training": tr["result"], "evaluation": ev["val"],
@@ -80,7 +88,7 @@ def direct(args):
     from florence2 import modeling, recipe
     from florence2.evaluation import image_ablation
     from florence2.predictor import Predictor
-    from jobs.evaluate import evaluate_examples  # the scoring tools themselves load lazily
+    from florence2.evaluation import evaluate_examples  # the scoring tools themselves load lazily
     from lakehouse.synthetic import synthetic_rows, write_recipe_data
 
     t0 = time.time()
@@ -126,7 +134,7 @@ def direct(args):
 
 def score_saved(path: Path) -> None:
     """Score a --direct run's saved predictions (the validation scenes are regenerated from their seed)."""
-    from jobs.evaluate import evaluate_examples
+    from florence2.evaluation import evaluate_examples
     from lakehouse.synthetic import synthetic_rows
 
     res = json.loads(path.read_text())

@@ -7,10 +7,15 @@
 - referring expressions: accuracy at IoU >= 0.5;
 - referring segmentation: mean IoU of polygon masks (shapely);
 - OCR: word precision / recall / F1 (same text and IoU >= 0.5) and character error rate.
+
+``evaluate_examples`` runs a predictor over examples of any tasks and scores each family next to
+its trivial baseline (the most frequent caption; a whole-image box / polygon; no OCR).
 """
 from __future__ import annotations
 
-from florence2.geometry import iou
+import collections
+
+from florence2.geometry import bounding_box, iou
 
 
 def cider(candidates: dict, references: dict) -> float:
@@ -149,3 +154,99 @@ def image_ablation(model, processor, images, prompts: list[str], targets: list[s
             logits = model(**(batch | {"pixel_values": pix.to(next(model.parameters()).dtype)})).logits
             out.append(float(example_loss(logits, batch["labels"], loc, loc_sigma)))
     return {"loss_true_images": out[0], "loss_shuffled_images": out[1], "gap": out[1] - out[0]}
+
+
+def _box_of(poly_sets):
+    return bounding_box([v for polys in poly_sets for p in polys for v in p])
+
+
+def evaluate_examples(predictor, examples: list[dict], baseline: bool = True) -> dict:
+    """``examples``: dicts with image (bytes), width, height, task, text_input, region, target."""
+    from florence2.parsing import post_process_generation
+    from florence2.predictor import Request
+    from florence2.vocabulary import CAPTION_TASKS
+
+    by_task = collections.defaultdict(list)
+    for e in examples:
+        by_task[e["task"]].append(e)
+    metrics, base = {}, {}
+    preds = {}
+    for task, exs in by_task.items():
+        out = predictor.predict([Request(e["image"], task, e.get("text_input"),
+                                         None if e.get("region") is None else tuple(e["region"])) for e in exs])
+        preds[task] = list(zip(exs, out))
+    caps = [(e, o) for t in CAPTION_TASKS.values() for e, o in preds.get(t, [])]
+    if caps:
+        refs = {str(i): [e["target"]] for i, (e, _) in enumerate(caps)}
+        metrics["cider"] = cider({str(i): o["answer"] or "" for i, (_, o) in enumerate(caps)}, refs)
+        common = collections.Counter(e["target"] for e, _ in caps).most_common(1)[0][0]
+        base["cider"] = cider({k: common for k in refs}, refs)
+    if "<OD>" in preds:
+        gt, pr, whole = [], [], []
+        labels = collections.Counter()
+        for i, (e, o) in enumerate(preds["<OD>"]):
+            g = post_process_generation(e["target"], "<OD>", (e["width"], e["height"]), as_int=False)["<OD>"]
+            gt += [{"image_id": i, "bbox": b, "label": lab} for b, lab in zip(g["bboxes"], g["labels"])]
+            labels.update(g["labels"])
+            a = o["answer"]
+            pr += [{"image_id": i, "bbox": b, "label": lab, "score": s}
+                   for b, lab, s in zip(a["bboxes"], a["labels"], a["scores"]) if b[2] > b[0] and b[3] > b[1]]
+        top = labels.most_common(1)[0][0] if labels else ""
+        whole = [{"image_id": i, "bbox": [0, 0, e["width"], e["height"]], "label": top, "score": 1.0}
+                 for i, (e, _) in enumerate(preds["<OD>"])]
+        metrics.update({f"od_{k}": v for k, v in coco_map(gt, pr).items()})
+        base.update({f"od_{k}": v for k, v in coco_map(gt, whole).items()})
+    if "<CAPTION_TO_PHRASE_GROUNDING>" in preds:
+        items, bitems = [], []
+        for e, o in preds["<CAPTION_TO_PHRASE_GROUNDING>"]:
+            g = post_process_generation(e["target"], "<CAPTION_TO_PHRASE_GROUNDING>", (e["width"], e["height"]), as_int=False)
+            g = g["<CAPTION_TO_PHRASE_GROUNDING>"]
+            for phrase in dict.fromkeys(g["labels"]):
+                gt_boxes = [b for b, lab in zip(g["bboxes"], g["labels"]) if lab == phrase]
+                mine = [b for b, lab in zip(o["answer"]["bboxes"], o["answer"]["labels"]) if lab == phrase]
+                items.append((mine, gt_boxes))
+                bitems.append(([[0, 0, e["width"], e["height"]]], gt_boxes))
+        metrics["grounding_r1"] = grounding_recall_at_1(items)
+        base["grounding_r1"] = grounding_recall_at_1(bitems)
+    if "<REFERRING_EXPRESSION_SEGMENTATION>" in preds:
+        seg, rec, bseg, brec = [], [], [], []
+        for e, o in preds["<REFERRING_EXPRESSION_SEGMENTATION>"]:
+            g = post_process_generation(e["target"], "<REFERRING_EXPRESSION_SEGMENTATION>", (e["width"], e["height"]),
+                                        as_int=False)["<REFERRING_EXPRESSION_SEGMENTATION>"]["polygons"]
+            p = o["answer"]["polygons"]
+            whole = [[0, 0, e["width"], 0, e["width"], e["height"], 0, e["height"]]]
+            seg.append((p[0] if p else [], g[0] if g else []))
+            bseg.append((whole, g[0] if g else []))
+            rec.append((_box_of(p[:1]), _box_of(g[:1])))
+            brec.append(([0, 0, e["width"], e["height"]], _box_of(g[:1])))
+        metrics["res_miou"], base["res_miou"] = res_miou(seg), res_miou(bseg)
+        metrics["rec_accuracy"] = rec_accuracy([x for x in rec if x[1]])
+        base["rec_accuracy"] = rec_accuracy([x for x in brec if x[1]])
+    if "<OCR_WITH_REGION>" in preds:
+        agg, bagg = [0, 0, 0], [0, 0, 0]
+        for e, o in preds["<OCR_WITH_REGION>"]:
+            g = post_process_generation(e["target"], "<OCR_WITH_REGION>", (e["width"], e["height"]), as_int=False)
+            g = g["<OCR_WITH_REGION>"]
+            truth = [{"text": t, "bbox": _box_of([[q]])} for q, t in zip(g["quad_boxes"], g["labels"])]
+            pred = [{"text": t, "bbox": _box_of([[q]])} for q, t in zip(o["answer"]["quad_boxes"], o["answer"]["labels"])]
+            r = word_f1(pred, truth)
+            agg = [agg[0] + r["tp"], agg[1] + r["predicted"], agg[2] + r["true"]]
+            bagg[2] += r["true"]
+        p, r = agg[0] / max(agg[1], 1), agg[0] / max(agg[2], 1)
+        metrics["ocr_word_f1"] = 2 * p * r / (p + r) if p + r else 0.0
+        base["ocr_word_f1"] = 0.0
+    if "<OCR>" in preds:
+        metrics["ocr_cer"] = sum(cer(o["answer"] or "", e["target"]) for e, o in preds["<OCR>"]) / len(preds["<OCR>"])
+        base["ocr_cer"] = 1.0
+    return {"model": metrics, "baseline": base, "examples": {t: len(v) for t, v in by_task.items()}}
+
+
+def score(m: dict) -> float:
+    """One number to rank models by: the mean of mAP, grounding R@1, REC accuracy, RES mIoU, OCR word F1,
+    1 - CER and CIDEr/(1 + CIDEr), over what was measured."""
+    parts = [m[k] for k in ("od_mAP", "grounding_r1", "rec_accuracy", "res_miou", "ocr_word_f1") if k in m]
+    if "ocr_cer" in m:
+        parts.append(max(0.0, 1 - m["ocr_cer"]))
+    if "cider" in m:
+        parts.append(m["cider"] / (1 + m["cider"]))
+    return sum(parts) / len(parts) if parts else 0.0

@@ -1,20 +1,174 @@
-"""The recipe on lakehouse data: ``florence2.recipe`` with the Petastorm batch source added.
+"""Training on FLD: pin examples to a Delta version, launch the recipe, track it in MLflow.
 
     python -m lakehouse.training --config configs/train_tiny.yaml --data run/data.json
     horovodrun -np 2 --gloo python -m lakehouse.training --data run/data.json
 
-The recipe itself imports nothing of the lakehouse; this is where the two meet.
+``florence2.recipe`` imports nothing of the lakehouse; this is where the two meet: the Petastorm
+batch source, the pinned examples (``pin_examples``), the run's inputs in MLflow and the three
+launchers (``run_training``: this process, ``horovodrun -np N``, ``horovod.spark.run``).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
 from florence2 import recipe
+from lakehouse.config import Settings
 from lakehouse.reader import petastorm_batches
 
 SOURCES = {"petastorm": petastorm_batches}
+LAUNCHERS = ("local", "horovodrun", "spark")
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_tiny.yaml"
 
 
 def train(cfg: recipe.Config, data: dict, dist: recipe.Dist | None = None, log=print) -> dict:
     return recipe.train(cfg, data, dist, log, sources=SOURCES)
+
+
+def _spark_fn(cfg_dict: dict, data: dict, env: dict):
+    """Runs in each Horovod process that horovod.spark starts (must be importable)."""
+    os.environ.update(env)
+    return train(recipe.Config(**cfg_dict), data)
+
+
+@dataclass(frozen=True)
+class PinnedExamples:
+    version: int          # training_examples Delta version
+    round: int            # the FLD round it was built from
+    files: list           # the train split's parquet files at that version
+    rows: int
+    val_rows: int
+
+
+def pin_examples(spark, root, round_: int | None = None, version: int | None = None, mixture: dict | None = None,
+                 val_fraction: float = 0.1) -> PinnedExamples:
+    """Build ``training_examples`` from gold at ``round_`` (default: the latest published) unless ``version``
+    pins an existing version; returns that version's train files."""
+    from pyspark.sql import functions as F
+
+    from lakehouse.examples import build_training_examples, write_training_examples
+    from lakehouse.reader import delta_slice
+    from lakehouse.rounds import latest_published_round
+    from lakehouse.tables import current_version, read
+
+    if version is None:
+        rnd = round_ if round_ is not None else latest_published_round(spark, root)
+        gold_version = current_version(spark, root, "gold_fld")
+        df = build_training_examples(spark, root, rnd, gold_version, mixture, val_fraction)
+        version = write_training_examples(spark, root, df, {"fld_round": rnd, "gold_version": gold_version,
+                                                            "mixture": json.dumps(mixture) if mixture else None,
+                                                            "val_fraction": val_fraction})
+    ex = read(spark, root, "training_examples", version=version)
+    sl = delta_slice(spark, root, version, "train")
+    return PinnedExamples(version, ex.select(F.max("round")).collect()[0][0], list(sl.files), sl.rows,
+                          ex.filter(F.col("split") == "val").count())
+
+
+def training_tokenizer(spark, root, version: int, out_dir: Path) -> Path:
+    """The tokenizer of a run trained from scratch: learned on the train split's texts (not location
+    targets) and every prompt; kept when ``out_dir`` already has one (a resumed run)."""
+    from florence2.tokenization import build_tokenizer
+    from lakehouse.tables import read
+
+    if not (out_dir / "tokenizer.json").exists():
+        ex = read(spark, root, "training_examples", version=version)
+        texts = [r.target for r in ex.filter("split = 'train'").select("target").collect() if "<loc_" not in r.target]
+        texts += [r.prompt for r in ex.select("prompt").distinct().collect()]
+        build_tokenizer(texts, vocab_size=4000).save_pretrained(str(out_dir))
+    return out_dir
+
+
+def log_inputs(spark, root, cfg: recipe.Config, pinned: PinnedExamples, params: dict) -> None:
+    """Into the active MLflow run: params, the dataset input (table, Delta version, round) and the round's
+    Great Expectations result."""
+    import mlflow
+    from pyspark.sql import functions as F
+
+    from lakehouse.tables import read
+
+    gate = (read(spark, root, "rounds").filter(f"round = {pinned.round} AND published")
+            .orderBy(F.desc("attempt_at")).limit(1).collect())
+    mlflow.log_params({**dataclasses.asdict(cfg), **params})
+    mlflow.set_tags({"fld.round": pinned.round, "fld.examples_version": pinned.version,
+                     "fld.examples_table": root.ident("training_examples"),
+                     "fld.gold_version": gate[0]["gold_version"] if gate else "",
+                     "fld.gate_success": bool(gate and gate[0]["gate_success"])})
+    train_df = read(spark, root, "training_examples", version=pinned.version).filter("split = 'train'").drop("content")
+    dataset = mlflow.data.from_spark(train_df, path=None if root.is_catalog else root.path("training_examples"),
+                                     table_name=root.ident("training_examples") if root.is_catalog else None,
+                                     version=str(pinned.version), name=f"training_examples@v{pinned.version}")
+    mlflow.log_input(dataset, context="training", tags={"fld_round": str(pinned.round)})
+    if gate:
+        mlflow.log_dict(json.loads(gate[0]["gate_json"]), "quality/gate_result.json")
+
+
+def launch(cfg: recipe.Config, data_file: Path, launcher: str = "local", np_: int = 2) -> dict:
+    """Run the recipe on ``data.json`` in this process, under ``horovodrun`` or with ``horovod.spark.run``;
+    returns rank 0's result."""
+    import mlflow
+
+    data = json.loads(Path(data_file).read_text())
+    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    if launcher == "local":
+        return train(cfg, data)
+    if launcher == "horovodrun":
+        cmd = [str(Path(sys.executable).with_name("horovodrun")), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo",
+               sys.executable, "-m", "lakehouse.training", "--data", str(data_file),
+               *[f"{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg).items()]]
+        subprocess.run(cmd, check=True, env={**os.environ, **env, "FLD_RECIPE_OWNS_RUN": "0"})
+        return json.loads((Path(cfg.output_dir) / "result.json").read_text())
+    if launcher == "spark":
+        import horovod.spark
+
+        return horovod.spark.run(_spark_fn, args=(dataclasses.asdict(cfg), data, env), num_proc=np_, use_gloo=True,
+                                 verbose=0)[0]
+    raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+
+
+def run_training(settings: Settings, cfg: recipe.Config, round_: int | None = None, examples_version: int | None = None,
+                 mixture: dict | None = None, val_fraction: float = 0.1, launcher: str = "local", np_: int = 2,
+                 run_name: str | None = None, register: str | None = "florence2", log=print) -> dict:
+    """Pin the examples, write ``data.json``, then in one MLflow run: log the inputs, train, log the model as
+    a pyfunc, register it and point ``candidate`` at it."""
+    import mlflow
+
+    from florence2.pyfunc import log_and_register
+    from lakehouse.spark import get_spark
+    from lakehouse.tables import ensure_tables
+    from lakehouse.tracking import configure_mlflow
+
+    spark = get_spark(settings, "fld-train")
+    root = settings.tables
+    ensure_tables(spark, root)
+    pinned = pin_examples(spark, root, round_, examples_version, mixture, val_fraction)
+    log(f"[train] training_examples v{pinned.version} (round {pinned.round}): {pinned.rows} train rows in "
+        f"{len(pinned.files)} files, {pinned.val_rows} val rows")
+    name = run_name or f"round{pinned.round}-v{pinned.version}"
+    run_dir = Path(cfg.output_dir if os.path.isabs(cfg.output_dir) else settings.home / "runs" / name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
+    tok_dir = Path(cfg.init_from) if cfg.init_from else training_tokenizer(spark, root, pinned.version,
+                                                                            run_dir / "tokenizer")
+    data = {"files": pinned.files, "rows": pinned.rows, "version": pinned.version, "split": "train",
+            "tokenizer": str(tok_dir)}
+    (run_dir / "data.json").write_text(json.dumps(data, indent=1))
+
+    configure_mlflow(settings)
+    with mlflow.start_run(run_name=name) as run:
+        log_inputs(spark, root, cfg, pinned, {"launcher": launcher, "np": np_ if launcher != "local" else 1,
+                                              "mixture": json.dumps(mixture) if mixture else "uniform"})
+        cfg = dataclasses.replace(cfg, mlflow_run_id=run.info.run_id)
+        result = launch(cfg, run_dir / "data.json", launcher, np_)
+        mlflow.log_metrics({"final_loss": result["final_loss"] or 0.0, "train_examples_per_s": result["examples_per_s"]})
+        reg = log_and_register(run_dir / "model", register or None)
+        log(f"[train] run {run.info.run_id}: {result}; model {reg}")
+        return {"run_id": run.info.run_id, "result": result, "model": reg, "examples_version": pinned.version,
+                "round": pinned.round, "model_dir": str(run_dir / "model")}
 
 
 def main(argv=None) -> dict:

@@ -30,3 +30,14 @@ def test_a_planted_upward_import_is_reported(tmp_path):
     geometry.write_text(geometry.read_text() + "\n\ndef _tables():\n    from lakehouse import tables\n    return tables\n")
     r = _lint(tmp_path)
     assert r.returncode != 0 and "florence2.geometry -> lakehouse.tables" in r.stdout, r.stdout + r.stderr
+
+
+def test_every_job_is_a_thin_command_line():
+    """Jobs parse arguments and call one library function; each one's --help runs without Spark or a model."""
+    jobs = sorted(p.stem for p in (ROOT / "jobs").glob("*.py") if p.stem not in ("__init__", "common"))
+    for job in jobs:
+        r = subprocess.run([sys.executable, "-m", f"jobs.{job}", "--help"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and "usage:" in r.stdout, (job, r.stderr[-2000:])
+        body = (ROOT / "jobs" / f"{job}.py").read_text()
+        assert body.count("\n") < 100, f"jobs/{job}.py has {body.count(chr(10))} lines: move the logic into a library"

@@ -236,11 +236,12 @@ def test_petastorm_source_trains_and_counts_every_row(pinned, tmp_path):
 @pytest.fixture(scope="module")
 def tracked(pinned):
     """One run of the training job: MLflow run, pyfunc model registered as florence2@candidate."""
-    from jobs import train as train_job
+    from florence2.recipe import load_config
+    from lakehouse.training import DEFAULT_CONFIG, run_training
 
     s, root, v, _, _ = pinned
-    return train_job.main([f"--home={s.home}", f"--examples-version={v}", "--run-name=tracked",
-                           "max_steps=2", "batch_size=2", "reader_pool=dummy"])
+    return run_training(s, load_config(DEFAULT_CONFIG, ["max_steps=2", "batch_size=2", "reader_pool=dummy"]),
+                        examples_version=v, run_name="tracked")
 
 
 def test_train_job_tracks_dataset_gate_and_registers(pinned, tracked):
@@ -265,26 +266,27 @@ def test_train_job_tracks_dataset_gate_and_registers(pinned, tracked):
 
 
 def test_horovod_spark_run_from_the_job(pinned):
-    from jobs import train as train_job
+    from florence2.recipe import load_config
+    from lakehouse.training import DEFAULT_CONFIG, run_training
 
     s, root, v, _, _ = pinned
-    out = train_job.main([f"--home={s.home}", f"--examples-version={v}", "--run-name=spark", "--launcher=spark",
-                          "--np=2", "--register=", "max_steps=2", "batch_size=2", "reader_pool=dummy"])
+    out = run_training(s, load_config(DEFAULT_CONFIG, ["max_steps=2", "batch_size=2", "reader_pool=dummy"]),
+                       examples_version=v, run_name="spark", launcher="spark", np_=2, register=None)
     assert out["result"]["steps"] == 2 and Path(out["model_dir"], "model.safetensors").exists()
 
 
 def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned, tracked):
     import mlflow
 
-    from jobs import evaluate
-    from lakehouse.tracking import configure_mlflow
+    from lakehouse.evaluation import evaluate
+    from lakehouse.tracking import configure_mlflow, promote
 
     s, root, v, _, _ = pinned
     configure_mlflow(s)
     client = mlflow.MlflowClient()
     cand = client.get_model_version_by_alias("florence2", "candidate")
-    res = evaluate.main([f"--home={s.home}", f"--examples-version={v}", "--promote", "--limit=20",
-                         "--synthetic-referring"])
+    res = evaluate(s, "models:/florence2@candidate", v, limit=20, synthetic_referring=True)
+    res["promoted"] = promote("florence2", "models:/florence2@candidate", res["score"])
     val = res["val"]
     assert {"cider", "od_mAP", "ocr_cer", "res_miou", "rec_accuracy"} <= set(val["model"])
     assert set(val["model"]) == set(val["baseline"])
@@ -293,5 +295,5 @@ def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned, track
     assert "val.od_mAP" in run.data.metrics and "val.baseline.cider" in run.data.metrics
     # a champion with a better recorded score keeps the alias
     client.set_model_version_tag("florence2", cand.version, "fld.eval_score", "999")
-    assert evaluate.promote("florence2", "models:/florence2@candidate", 0.5) is False
+    assert promote("florence2", "models:/florence2@candidate", 0.5) is False
     assert client.get_model_version_by_alias("florence2", "champion").version == cand.version

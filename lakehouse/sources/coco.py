@@ -25,7 +25,7 @@ class CocoJSON(SourceAdapter):
             labs = per_image.setdefault(a["image_id"], [])
             if "caption" in a:
                 labs.append(label("caption", a["caption"].strip()))
-            elif "bbox" in a:
+            elif "bbox" in a and not a.get("iscrowd"):  # a crowd box marks many instances, not one region
                 x, y, w, h = a["bbox"]
                 seg = a.get("segmentation")
                 polys = seg if isinstance(seg, list) and seg and isinstance(seg[0], list) else None
