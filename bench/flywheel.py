@@ -23,13 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from florence2.recipe import load_config  # noqa: E402
-from lakehouse.config import load_settings  # noqa: E402
-from lakehouse.ingest import run_ingest  # noqa: E402
 from lakehouse.rounds import GateFailed, RoundConfig, round_history, run_round  # noqa: E402
-from lakehouse.synthetic import write_world  # noqa: E402
-from lakehouse.training import DEFAULT_CONFIG, run_training  # noqa: E402
-from lakehouse.spark import get_spark  # noqa: E402
+from lakehouse.training import run_training  # noqa: E402
+from world import budget_config, world_at_round_one  # noqa: E402
 from lakehouse.tables import read  # noqa: E402
 from quality.audit import FAMILIES, score  # noqa: E402
 
@@ -44,13 +40,8 @@ def main():
     args = p.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="fld-flywheel-"))
     t0 = time.time()
-    s = load_settings(home=home)
-    write_world(s.landing, s.synthetic_dir, args.images, 0)
-    spark = get_spark(s, "fld-flywheel-bench")
-    run_ingest(spark, s)
-    run_round(spark, s, RoundConfig(round=1))
-    cfg = load_config(DEFAULT_CONFIG, [f"max_minutes={args.train_minutes}", "max_steps=1000000", "epochs=1000",
-                                       "batch_size=16", "checkpoint_every=500", "log_every=100"])
+    s, spark = world_at_round_one(home, args.images, "fld-flywheel-bench")
+    cfg = budget_config(args.train_minutes)
     trainings = {}
     for n in range(2, args.rounds + 1):
         tr = run_training(s, cfg, round_=n - 1, run_name=f"flywheel-round{n - 1}", register=None)

@@ -51,26 +51,15 @@ def main():
         return score_saved(Path(args.score))
     if args.direct:
         return direct(args)
-    from florence2.recipe import load_config
-    from lakehouse.config import load_settings
     from lakehouse.evaluation import evaluate
-    from lakehouse.ingest import run_ingest
-    from lakehouse.rounds import RoundConfig, run_round
-    from lakehouse.spark import get_spark
-    from lakehouse.synthetic import write_world
-    from lakehouse.training import DEFAULT_CONFIG, run_training
+    from lakehouse.training import run_training
+    from world import budget_config, world_at_round_one
 
     args.out = args.out or str(Path(__file__).parent / "results" / "learning_report")
     home = args.home or tempfile.mkdtemp(prefix="fld-learn-")
     t0 = time.time()
-    s = load_settings(home=home)
-    write_world(s.landing, s.synthetic_dir, args.images, 0)
-    spark = get_spark(s, "fld-learning-report")
-    run_ingest(spark, s)
-    run_round(spark, s, RoundConfig(round=1))
-    cfg = load_config(DEFAULT_CONFIG, [f"max_minutes={args.minutes}", "max_steps=1000000", "epochs=1000",
-                                       "batch_size=16", "checkpoint_every=500", "log_every=100"])
-    tr = run_training(s, cfg, run_name="learning-report", mixture=MIXTURE)
+    s, _ = world_at_round_one(home, args.images, "fld-learning-report")
+    tr = run_training(s, budget_config(args.minutes), run_name="learning-report", mixture=MIXTURE)
     ev = evaluate(s, tr["model_dir"], tr["examples_version"], limit=400, synthetic_referring=True)
     ablation = _ablation(home, tr)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "images": args.images,

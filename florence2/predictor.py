@@ -118,12 +118,13 @@ class Predictor:
                 return list(pool.map(one, enumerate(images)))
         return [one(x) for x in enumerate(images)]
 
-    def predict(self, requests: list[Request], deadline_s: float | None = None) -> list[dict]:
+    def predict(self, requests: list[Request], deadline_s: float | None = None, prepared=None) -> list[dict]:
         """Answers in request order.  Images are decoded one batch at a time; with ``deadline_s``,
-        work stops (``PredictionTimeout``) at the first batch or decoding checkpoint past it."""
+        work stops (``PredictionTimeout``) at the first batch or decoding checkpoint past it.
+        ``prepared``: what ``prepare(requests)`` returned, when the caller has checked them already."""
         import time
 
-        images, prompts, sizes = self.prepare(requests)
+        images, prompts, sizes = prepared or self.prepare(requests)
         # per call, not on the instance: a served model answers concurrent requests with one predictor
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         out = []

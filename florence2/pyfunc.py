@@ -37,7 +37,7 @@ class ServingLimits:
     max_image_bytes: int = 20_000_000       # encoded bytes per image
     max_text_chars: int = 2_000             # the text input; the prompt is checked in tokens too
     deadline_s: float = 60.0                # wall clock per request; work stops at the next checkpoint
-    batch_size: int = 8
+    predict_batch_size: int = 8           # images per model batch (not "batch_size": the run logs both as params)
     max_new_tokens: int = 256
 
     @classmethod
@@ -91,7 +91,7 @@ class Florence2PyFunc(mlflow.pyfunc.PythonModel):
         self.limits = ServingLimits.from_config(getattr(context, "model_config", None))
         self.predictor = Predictor.from_pretrained(
             context.artifacts["model_dir"], formats=IMAGE_FORMATS, max_image_pixels=self.limits.max_image_pixels,
-            batch_size=self.limits.batch_size, max_new_tokens=self.limits.max_new_tokens)
+            batch_size=self.limits.predict_batch_size, max_new_tokens=self.limits.max_new_tokens)
 
     def predict(self, context, model_input, params=None):
         from mlflow.exceptions import MlflowException
@@ -131,11 +131,11 @@ class Florence2PyFunc(mlflow.pyfunc.PythonModel):
             if text is not None and len(text) > lim.max_text_chars:
                 raise ValueError(f"request {i}: the text is {len(text)} characters; the limit is {lim.max_text_chars}")
             reqs.append(Request(data, str(r.get("task")), text, _region(r.get("region"), i)))
-        _, _, sizes = self.predictor.prepare(reqs)  # headers only: formats, pixels, prompt tokens
-        pixels = sum(w * h for w, h in sizes)
+        prepared = self.predictor.prepare(reqs)  # headers only: formats, pixels, prompt tokens
+        pixels = sum(w * h for w, h in prepared[2])
         if pixels > lim.max_total_pixels:
             raise OverBudget(f"the request's images hold {pixels} pixels; the limit is {lim.max_total_pixels}")
-        out = self.predictor.predict(reqs, deadline_s=lim.deadline_s)
+        out = self.predictor.predict(reqs, deadline_s=lim.deadline_s, prepared=prepared)
         return pd.DataFrame([{"task": o["task"], "raw_text": o["text"], "answer": json.dumps(o["answer"])}
                              for o in out])
 

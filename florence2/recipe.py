@@ -339,6 +339,12 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     return inputs, regions and {k: move(v) for k, v in regions.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochEnd:
+    """What a batch source yields after its last batch: the rows this rank read in the epoch."""
+    rows: int
+
+
 def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
     """Fixed global order: global batch k is rows [k*B*size, (k+1)*B*size); rank r takes its slice.
     Yields decoded images (``prepare_batch`` resizes them, on the GPU when there is one); a thread
@@ -368,7 +374,7 @@ def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
             item = ahead.result()
             ahead = pool.submit(load, k + 1) if k + 1 < n else None
             yield item
-    yield ("rows", len(rows) if dist.rank == 0 else 0)
+    yield EpochEnd(len(rows) if dist.rank == 0 else 0)
 
 
 class ShortReadError(RuntimeError):
@@ -381,141 +387,192 @@ def check_count(read_rows: int, expected: int, what: str) -> None:
 
 
 # source name -> batches(data, cfg, dist, epoch, proc): yields (pixels or images, prompts, targets) per
-# batch, then ("rows", rows this rank read); callers add theirs (``train(sources=...)``)
+# batch, then EpochEnd(rows this rank read); callers add theirs (``train(sources=...)``)
 SOURCES = {"files": _batches_files}
 
 
-def train(cfg: Config, data: dict, dist: Dist | None = None, log=print, sources: dict | None = None) -> dict:
-    import torch
+class Recipe:
+    """One training run in explicit phases (torchtune's shape): ``setup`` (model, tokenizer, optimizer,
+    resume, Horovod, compile, MLflow), ``train_epoch`` (one pass of the batch source, every rank taking
+    the same number of steps), ``save_checkpoint`` and ``finish`` (final model and result)."""
 
-    from florence2 import modeling
-    from florence2.tokenization import load_tokenizer
+    def __init__(self, cfg: Config, data: dict, dist: Dist | None = None, log=print, sources: dict | None = None):
+        self.batches_fn = (SOURCES | (sources or {})).get(cfg.source)
+        if self.batches_fn is None:
+            raise ValueError(f"source={cfg.source!r} is not a batch source here (have: "
+                             f"{', '.join(SOURCES | (sources or {}))}); source=petastorm runs through "
+                             "python -m lakehouse.training")
+        self.cfg, self.data, self.dist, self.log = cfg, data, dist or Dist(), log
+        self.out = Path(cfg.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.step, self.epoch, self.prior_s, self.seen, self.last_loss = 0, 0, 0.0, 0, None
 
-    batches_fn = (SOURCES | (sources or {})).get(cfg.source)
-    if batches_fn is None:
-        raise ValueError(f"source={cfg.source!r} is not a batch source here (have: {', '.join(SOURCES | (sources or {}))}); "
-                         "source=petastorm runs through python -m lakehouse.training")
-    dist = dist or Dist()
-    torch.manual_seed(cfg.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and dist.hvd:
-        torch.cuda.set_device(dist.hvd.local_rank())
-    out = Path(cfg.output_dir)
-    ckpt_dir = out / "checkpoints"
-    tok = load_tokenizer(data["tokenizer"])
-    if cfg.init_from:
-        model, proc = modeling.load(cfg.init_from)
-    else:
-        model, proc = modeling.create(cfg.model_size, tok, seed=cfg.seed, scratch_init=cfg.scratch_init)
-    if cfg.region_attention > 0:
-        model.set_attn_implementation("eager")  # the only implementation that returns attention weights
-    model.to(device).train()
-    loc_range = modeling.loc_token_range(tok)
-    opt = make_optimizer(model, cfg, device)
-    step, epoch, prior_s = 0, 0, 0.0
-    latest = _latest_checkpoint(ckpt_dir)
-    if latest is not None:  # resume: every rank loads the same files
-        # tensors and plain containers only: a checkpoint on a shared volume must not run code when loaded
-        state = torch.load(latest / "state.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, epoch, prior_s = state["step"], state["epoch"], state.get("seconds", 0.0)
+    def setup(self) -> "Recipe":
+        import torch
+
+        from florence2 import modeling
+        from florence2.tokenization import load_tokenizer
+
+        cfg, dist = self.cfg, self.dist
+        torch.manual_seed(cfg.seed)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and dist.hvd:
+            torch.cuda.set_device(dist.hvd.local_rank())
+        tok = load_tokenizer(self.data["tokenizer"])
+        if cfg.init_from:
+            self.model, self.proc = modeling.load(cfg.init_from)
+        else:
+            self.model, self.proc = modeling.create(cfg.model_size, tok, seed=cfg.seed, scratch_init=cfg.scratch_init)
+        if cfg.region_attention > 0:
+            self.model.set_attn_implementation("eager")  # the only implementation that returns attention weights
+        self.model.to(self.device).train()
+        self.loc_range = modeling.loc_token_range(tok)
+        self.opt = make_optimizer(self.model, cfg, self.device)
+        self._resume()
+        if dist.hvd:
+            dist.hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+            dist.hvd.broadcast_optimizer_state(self.opt, root_rank=0)
+            self.opt = dist.hvd.DistributedOptimizer(self.opt, named_parameters=self.model.named_parameters(),
+                                                     backward_passes_per_step=cfg.grad_accum, op=dist.hvd.Average)
+        self.bf16 = self.device == "cuda" and cfg.bf16 in ("auto", True, "true")
+        if cfg.compile:
+            self.model.compile(backend=cfg.compile_backend)  # in place: checkpoints keep the plain model's keys
+        self.mlflow_run = _mlflow(cfg) if dist.rank == 0 else None
+        self.t0 = time.time()
+        self.lr = self._set_lr()
+        return self
+
+    def _resume(self) -> None:
+        import torch
+
+        latest = _latest_checkpoint(self.ckpt_dir)
+        if latest is None:
+            return
+        # every rank loads the same files; tensors and plain containers only: a checkpoint on a shared
+        # volume must not run code when loaded
+        state = torch.load(latest / "state.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.prior_s = state["step"], state["epoch"], state.get("seconds", 0.0)
         torch.set_rng_state(state["rng"])
-        if dist.rank == 0:
-            log(f"[train] resumed from {latest} at step {step}")
-    if dist.hvd:
-        dist.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        dist.hvd.broadcast_optimizer_state(opt, root_rank=0)
-        opt = dist.hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
-                                            backward_passes_per_step=cfg.grad_accum, op=dist.hvd.Average)
-    use_bf16 = device == "cuda" and cfg.bf16 in ("auto", True, "true")
-    if cfg.compile:
-        model.compile(backend=cfg.compile_backend)  # in place: state_dict keys and checkpoints stay those of the plain model
-    mlflow_run = _mlflow(cfg) if dist.rank == 0 else None
-    t0, seen, last_loss = time.time(), 0, None
+        if self.dist.rank == 0:
+            self.log(f"[train] resumed from {latest} at step {self.step}")
 
-    def minutes() -> float:  # training time, across resumes
-        return (prior_s + time.time() - t0) / 60
+    def minutes(self) -> float:
+        """Training time, across resumes."""
+        return (self.prior_s + time.time() - self.t0) / 60
 
-    def set_lr() -> float:
+    def out_of_time(self) -> bool:
+        return self.cfg.max_minutes is not None and self.minutes() > self.cfg.max_minutes
+
+    def done(self) -> bool:
+        return self.step >= self.cfg.max_steps or self.epoch >= self.cfg.epochs or self.out_of_time()
+
+    def _set_lr(self) -> float:
         # every rank must use the same rate: the slowest clock decides
-        lr = cfg.lr * lr_factor(step, cfg, dist.allreduce_max(minutes(), name=f"minutes_{step}")
+        cfg = self.cfg
+        lr = cfg.lr * lr_factor(self.step, cfg, self.dist.allreduce_max(self.minutes(), name=f"minutes_{self.step}")
                                 if cfg.max_minutes else None)
-        for g in opt.param_groups:
+        for g in self.opt.param_groups:
             g["lr"] = lr
         return lr
 
-    lr = set_lr()
-    while step < cfg.max_steps and epoch < cfg.epochs and not (
-            cfg.max_minutes is not None and minutes() > cfg.max_minutes):
-        it = batches_fn(data, cfg, dist, epoch, proc)
-        rows_read, micro, training = None, 0, True
-        for item in it:
-            is_end = isinstance(item[0], str)
-            if is_end:
-                rows_read = item[1]
+    def train_epoch(self) -> None:
+        """One pass over the batch source.  Every rank must take the same number of steps, or the others
+        hang in allreduce: all ranks vote before each batch, and the first rank out of data (or time, or
+        steps) ends the epoch for all; the rows read are then checked against the data version."""
+        cfg, dist = self.cfg, self.dist
+        rows_read, training, stopped, self.micro = None, True, False, 0
+        for item in self.batches_fn(self.data, cfg, dist, self.epoch, self.proc):
+            end = isinstance(item, EpochEnd)
             if training:
-                # every rank must take the same number of steps, or the others hang in allreduce:
-                # all ranks vote each step, and the first rank out of data ends the epoch for all
-                out_of_time = cfg.max_minutes is not None and minutes() > cfg.max_minutes
-                training = dist.allreduce_min(0 if is_end or step >= cfg.max_steps or out_of_time else 1) == 1
-            if is_end:
+                stopped = self.step >= cfg.max_steps or self.out_of_time()
+                training = dist.allreduce_min(0 if end or stopped else 1) == 1
+            if end:
+                rows_read = item.rows
                 break
-            if not training and (step >= cfg.max_steps or out_of_time):
+            if not training and stopped:
                 rows_read = -1  # stopped by max_steps/max_minutes mid-epoch: no full read to check
                 break
-            if not training:
-                continue  # keep reading only to count this rank's rows
-            pixels, prompts, targets = item
-            inputs, regions = prepare_batch(proc, pixels, prompts, targets, cfg, model.config, loc_range, device)
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
-                total, ce = step_loss(model, inputs, cfg, loc_range, regions)
-            (total / cfg.grad_accum).backward()
-            micro += 1
-            seen += len(prompts) * dist.size
-            if micro % cfg.grad_accum:
-                continue
-            if dist.hvd:
-                opt.synchronize()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            with opt.skip_synchronize() if dist.hvd else _null():
-                opt.step()
-            opt.zero_grad()  # Horovod's optimizer takes no set_to_none
-            step += 1
-            lr = set_lr()
-            last_loss = ce.detach()  # the task loss; read back only when logged (a host sync)
-            if dist.rank == 0 and (step % cfg.log_every == 0 or step == 1):
-                value = float(last_loss)
-                rate = seen / (time.time() - t0)
-                budget = (f"{minutes():.1f}/{cfg.max_minutes:g} min" if cfg.max_minutes and cfg.max_steps >= 10**5
-                          else f"{step}/{cfg.max_steps}")
-                log(f"[train] step {step} ({budget}) epoch {epoch} loss {value:.4f} lr {lr:.2e} {rate:.1f} examples/s")
-                if mlflow_run:
-                    import mlflow
-
-                    mlflow.log_metrics({"loss": value, "lr": lr, "examples_per_s": rate}, step=step)
-            if dist.rank == 0 and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                _save_checkpoint(ckpt_dir, model, opt, step, epoch, minutes() * 60)
+            if training:  # otherwise keep reading only to count this rank's rows
+                self._train_on(*item)
         if rows_read is None:
             raise RuntimeError("reader ended without a row count")
         partial = dist.allreduce_min(0 if rows_read < 0 else 1) == 0
-        total = dist.allreduce_sum(max(rows_read, 0), name=f"rows_{epoch}_{step}")
+        total = dist.allreduce_sum(max(rows_read, 0), name=f"rows_{self.epoch}_{self.step}")
         if dist.rank == 0 and not partial:
-            check_count(total, data["rows"], f"epoch {epoch}")
-        epoch += 1
-    result = {"steps": step, "epochs": epoch, "final_loss": None if last_loss is None else float(last_loss),
-              "examples_per_s": seen / max(time.time() - t0, 1e-9), "seconds": time.time() - t0}
-    if dist.rank == 0:
-        final = out / "model"
-        modeling.save(model, proc, final)
-        _save_checkpoint(ckpt_dir, model, opt, step, epoch, minutes() * 60)
-        (out / "result.json").write_text(json.dumps(result))
-        log(f"[train] done: {result}")
-        if mlflow_run and os.environ.get("FLD_RECIPE_OWNS_RUN") == "1":
+            check_count(total, self.data["rows"], f"epoch {self.epoch}")
+        self.epoch += 1
+
+    def _train_on(self, pixels, prompts, targets) -> None:
+        """Forward and backward of one micro-batch; an optimizer step every ``grad_accum`` of them."""
+        import torch
+
+        cfg, dist = self.cfg, self.dist
+        inputs, regions = prepare_batch(self.proc, pixels, prompts, targets, cfg, self.model.config, self.loc_range,
+                                        self.device)
+        with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
+            total, ce = step_loss(self.model, inputs, cfg, self.loc_range, regions)
+        (total / cfg.grad_accum).backward()
+        self.micro += 1
+        self.seen += len(prompts) * dist.size
+        if self.micro % cfg.grad_accum:
+            return
+        if dist.hvd:
+            self.opt.synchronize()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        with self.opt.skip_synchronize() if dist.hvd else _null():
+            self.opt.step()
+        self.opt.zero_grad()  # Horovod's optimizer takes no set_to_none
+        self.step += 1
+        self.lr = self._set_lr()
+        self.last_loss = ce.detach()  # the task loss; read back only when logged (a host sync)
+        if dist.rank == 0 and (self.step % cfg.log_every == 0 or self.step == 1):
+            self._log_progress()
+        if dist.rank == 0 and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _log_progress(self) -> None:
+        cfg = self.cfg
+        value = float(self.last_loss)
+        rate = self.seen / (time.time() - self.t0)
+        budget = (f"{self.minutes():.1f}/{cfg.max_minutes:g} min" if cfg.max_minutes and cfg.max_steps >= 10**5
+                  else f"{self.step}/{cfg.max_steps}")
+        self.log(f"[train] step {self.step} ({budget}) epoch {self.epoch} loss {value:.4f} lr {self.lr:.2e} "
+                 f"{rate:.1f} examples/s")
+        if self.mlflow_run:
             import mlflow
 
-            mlflow.end_run()
-    return result
+            mlflow.log_metrics({"loss": value, "lr": self.lr, "examples_per_s": rate}, step=self.step)
+
+    def save_checkpoint(self) -> None:
+        _save_checkpoint(self.ckpt_dir, self.model, self.opt, self.step, self.epoch, self.minutes() * 60)
+
+    def finish(self) -> dict:
+        from florence2 import modeling
+
+        elapsed = time.time() - self.t0
+        result = {"steps": self.step, "epochs": self.epoch,
+                  "final_loss": None if self.last_loss is None else float(self.last_loss),
+                  "examples_per_s": self.seen / max(elapsed, 1e-9), "seconds": elapsed}
+        if self.dist.rank == 0:
+            modeling.save(self.model, self.proc, self.out / "model")
+            self.save_checkpoint()
+            (self.out / "result.json").write_text(json.dumps(result))
+            self.log(f"[train] done: {result}")
+            if self.mlflow_run and os.environ.get("FLD_RECIPE_OWNS_RUN") == "1":
+                import mlflow
+
+                mlflow.end_run()
+        return result
+
+
+def train(cfg: Config, data: dict, dist: Dist | None = None, log=print, sources: dict | None = None) -> dict:
+    """Set up, train epoch by epoch until ``max_steps``, ``epochs`` or ``max_minutes``, then save."""
+    recipe = Recipe(cfg, data, dist, log, sources).setup()
+    while not recipe.done():
+        recipe.train_epoch()
+    return recipe.finish()
 
 
 class _null:

@@ -42,10 +42,15 @@ def main(argv=None) -> None:
     stage(6, "evaluate on the validation split, next to trivial baselines")
     ev = evaluate.main(common + [f"--examples-version={tr['examples_version']}",
                                  f"--model=models:/florence2/{tr['model']['version']}", "--promote", "--limit=200"])
+    from lakehouse.evaluation import fresh_scenes
+    from lakehouse.tracking import configure_mlflow
+
+    configure_mlflow(s)
+    fresh = fresh_scenes("models:/florence2@champion", 50, args.seed + 10_007)
     stage(7, "register: alias candidate on the trained version; champion moves only if it wins")
     statistics.main(common)
     stage(8, "summary")
-    _summary(s, ing, rounds, tr, ev, time.time() - t0)
+    _summary(s, ing, rounds, tr, ev, fresh, time.time() - t0)
 
 
 def _audit(s):
@@ -55,7 +60,7 @@ def _audit(s):
     return audit_table(round_history(get_spark(s, "fld-demo"), s.tables))
 
 
-def _summary(s, ing, rounds, tr, ev, seconds):
+def _summary(s, ing, rounds, tr, ev, fresh, seconds):
     from lakehouse.reporting import print_table
 
     audit = _audit(s)
@@ -74,6 +79,9 @@ def _summary(s, ing, rounds, tr, ev, seconds):
     print("\nEvaluation (validation split):")
     m, b = ev["val"]["model"], ev["val"]["baseline"]
     print_table(("metric", "model", "baseline"), [(k, f"{m[k]:.4f}", f"{b.get(k, float('nan')):.4f}") for k in sorted(m)])
+    m, b = fresh["model"], fresh["baseline"]
+    print(f"\nThe champion through MLflow on {fresh['images']} freshly generated scenes (seed {fresh['seed']}), <OD>: "
+          f"AP50 {m['od_AP50']:.4f} (whole-image baseline {b['od_AP50']:.4f}), mAP {m['od_mAP']:.4f}")
     reg = tr["model"]
     print(f"\nMLflow run {tr['run_id']}; registered florence2 version {reg['version']} (alias candidate"
           f"{', champion' if ev.get('promoted') else ''}); tracking store {s.mlflow_dir / 'mlflow.db'}")

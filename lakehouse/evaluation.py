@@ -112,3 +112,38 @@ def evaluate(settings: Settings, model_uri: str, examples_version: int | None = 
     if coco:
         results["coco"] = evaluate_examples(predictor, coco_folder_examples(Path(coco), limit)) | {"folder": coco}
     return log_evaluation(results, model_uri)
+
+
+class PyfuncPredictor:
+    """A logged/registered model loaded through MLflow (what ``mlflow models serve`` runs), behind the
+    predictor interface ``evaluate_examples`` calls."""
+
+    def __init__(self, model_uri: str, batch: int = 16):
+        import mlflow
+
+        self.model, self.batch = mlflow.pyfunc.load_model(model_uri), batch
+
+    def predict(self, requests) -> list[dict]:
+        import base64
+
+        import pandas as pd
+
+        out = []
+        for i in range(0, len(requests), self.batch):
+            part = requests[i:i + self.batch]
+            df = pd.DataFrame([{"image": base64.b64encode(bytes(r.image)).decode(), "task": r.task, "text": r.text,
+                                "region": None if r.region is None else json.dumps(list(r.region))} for r in part])
+            res = self.model.predict(df)
+            out += [{"task": t, "text": raw, "answer": json.loads(a)}
+                    for t, raw, a in zip(res["task"], res["raw_text"], res["answer"])]
+        return out
+
+
+def fresh_scenes(model_uri: str, n_images: int = 50, seed: int = 10_007, tasks=("<OD>",)) -> dict:
+    """Score a model, loaded through MLflow, on synthetic scenes generated now from ``seed`` (none of them
+    in any training set built from another seed), next to the trivial baselines."""
+    from lakehouse.synthetic import synthetic_rows
+
+    rows = synthetic_rows(n_images, seed, list(tasks))
+    res = evaluate_examples(PyfuncPredictor(model_uri), [{"image": r["content"], **r} for r in rows])
+    return res | {"model_uri": model_uri, "images": n_images, "seed": seed}

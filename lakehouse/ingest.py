@@ -53,14 +53,22 @@ RESOLVED = T.StructType(
     ])
 
 
+PARSE_CHUNK_ROWS = 5_000
+
+
 def _parse_files(kind: str, kind_root: str, batches):
+    """Manifest rows of the landed files, in chunks of at most ``PARSE_CHUNK_ROWS``: adapters parse as
+    streams, so a manifest of millions of lines never sits in one worker's memory at once."""
+    import itertools
+
     import pandas as pd
 
     adapter = ADAPTERS[kind]
     cols = [f.name for f in MANIFEST.fields]
     for pdf in batches:
-        rows = [r for p in pdf["path"] for r in adapter.parse(p, kind_root)]
-        yield pd.DataFrame(rows, columns=cols)
+        rows = (r for p in pdf["path"] for r in adapter.parse(p, kind_root))
+        while chunk := list(itertools.islice(rows, PARSE_CHUNK_ROWS)):
+            yield pd.DataFrame(chunk, columns=cols)
 
 
 def fetch_bytes(uri: str, root: str | None, policy: FetchPolicy) -> bytes:

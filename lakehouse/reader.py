@@ -90,7 +90,7 @@ def iterate_rows(reader):
 
 def petastorm_batches(data: dict, cfg, dist, epoch: int, proc):
     """The recipe's Petastorm batch source (``florence2.recipe.SOURCES`` protocol): this rank's shard of
-    the pinned files, decoded in the reader's pool, then ("rows", rows read)."""
+    the pinned files, decoded in the reader's pool, then ``EpochEnd`` (rows read)."""
     sl = DeltaSlice(tuple(data["files"]), data["rows"], data["version"], data["split"])
     buf, n = [], 0
     with make_reader(sl, proc.image_size, proc.image_mean, proc.image_std, dist.rank, dist.size,
@@ -101,4 +101,6 @@ def petastorm_batches(data: dict, cfg, dist, epoch: int, proc):
             if len(buf) == cfg.batch_size:
                 yield np.stack([r["pixel_values"] for r in buf]), [r["prompt"] for r in buf], [r["target"] for r in buf]
                 buf = []
-    yield ("rows", n)
+    from florence2.recipe import EpochEnd
+
+    yield EpochEnd(n)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import logging
 import os
 from pathlib import Path
@@ -66,6 +67,37 @@ def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
+# errors only, from the JVM's first line: setLogLevel comes after startup warnings (native Hadoop, ...)
+LOG4J2 = """rootLogger.level = error
+rootLogger.appenderRef.console.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+"""
+
+
+def _log4j2_file(home: Path) -> Path:
+    path = home / "log4j2.properties"
+    if not path.exists() or path.read_text() != LOG4J2:
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(LOG4J2)
+    return path
+
+
+# the checkout this code was imported from: the packages jobs, lakehouse, quality and florence2 sit in it
+CODE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def with_code_root(env: dict) -> dict:
+    """``env`` with this checkout first on PYTHONPATH.  The virtualenv is shared between clones and holds
+    an editable install of whichever clone ran setup last; processes this one starts (Spark's Python
+    workers, Horovod ranks) must import the driver's clone, not that one."""
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != CODE_ROOT]
+    return dict(env, PYTHONPATH=os.pathsep.join([CODE_ROOT, *parts]))
+
+
 def get_spark(settings: Settings | None = None, app_name: str = "fld"):
     """Return a SparkSession with Delta Lake enabled.
 
@@ -78,6 +110,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "fld"):
         return SparkSession.builder.getOrCreate()
     settings = settings or load_settings()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYTHONPATH"] = with_code_root(os.environ)["PYTHONPATH"]  # the JVM and its workers inherit it
     os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON") or __import__("sys").executable)
     builder = (
         SparkSession.builder.appName(app_name)
@@ -94,7 +127,9 @@ def get_spark(settings: Settings | None = None, app_name: str = "fld"):
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.warehouse.dir", str(settings.home / "warehouse"))
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={settings.home / 'derby'}")
+        .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={settings.home / 'derby'} "
+                f"-Dlog4j2.configurationFile={_log4j2_file(settings.home).as_uri()}")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
         # Delta rebuilds a table's snapshot from its log after every commit with this many tasks (default
         # 50): on a few local cores that fixed cost, not the data, was most of a small write (issue 10)
@@ -116,7 +151,14 @@ def get_spark(settings: Settings | None = None, app_name: str = "fld"):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--fetch-jars", action="store_true", help="download the Delta jars into the shared cache")
+    p.add_argument("--which-code", action="store_true",
+                   help="print the checkout the driver and a Spark Python worker import lakehouse from")
     args = p.parse_args(argv)
+    if args.which_code:
+        spark = get_spark(load_settings(), "fld-which-code")
+        worker = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("lakehouse.spark").spark.CODE_ROOT)
+        print(json.dumps({"driver": CODE_ROOT, "worker": worker.collect()[0]}))
+        return
     if args.fetch_jars:
         print("delta jars:", *fetch_jars(), sep="\n  ")
 

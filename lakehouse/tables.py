@@ -149,7 +149,6 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
         constraints={"inputs_accounted": "inputs = new_images + duplicates + quarantined"},
         description="Per micro-batch and source: every input is a new image, a duplicate, or quarantined.",
     ),
-    # Placeholders completed by the data-engine issue.
     TableDef(
         "silver_annotations",
         T.StructType([

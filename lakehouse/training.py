@@ -20,6 +20,7 @@ from pathlib import Path
 from florence2 import recipe
 from lakehouse.config import Settings
 from lakehouse.reader import petastorm_batches
+from lakehouse.spark import with_code_root
 
 SOURCES = {"petastorm": petastorm_batches}
 LAUNCHERS = ("local", "horovodrun", "spark")
@@ -120,7 +121,7 @@ def launch(cfg: recipe.Config, data_file: Path, launcher: str = "local", np_: in
         cmd = [str(Path(sys.executable).with_name("horovodrun")), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo",
                sys.executable, "-m", "lakehouse.training", "--data", str(data_file),
                *[f"{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg).items()]]
-        subprocess.run(cmd, check=True, env={**os.environ, **env, "FLD_RECIPE_OWNS_RUN": "0"})
+        subprocess.run(cmd, check=True, env=with_code_root({**os.environ, **env, "FLD_RECIPE_OWNS_RUN": "0"}))
         return json.loads((Path(cfg.output_dir) / "result.json").read_text())
     if launcher == "spark":
         import horovod.spark

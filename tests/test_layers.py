@@ -41,3 +41,20 @@ def test_every_job_is_a_thin_command_line():
         assert r.returncode == 0 and "usage:" in r.stdout, (job, r.stderr[-2000:])
         body = (ROOT / "jobs" / f"{job}.py").read_text()
         assert body.count("\n") < 100, f"jobs/{job}.py has {body.count(chr(10))} lines: move the logic into a library"
+
+
+def test_a_second_clone_runs_its_own_code_on_spark_workers(tmp_path):
+    """The virtualenv is shared between clones and its editable install points at one of them; a job
+    started in another clone must run that clone's code in the driver and in Spark's Python workers."""
+    import json
+    import os
+
+    clone = tmp_path / "clone"
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, clone / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"FLD_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-m", "lakehouse.spark", "--which-code"], cwd=clone, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    where = json.loads(r.stdout.strip().splitlines()[-1])
+    assert where == {"driver": str(clone), "worker": str(clone)}, where

@@ -263,6 +263,8 @@ def test_train_job_tracks_dataset_gate_and_registers(pinned, tracked):
     assert art["annotations"]["success"] and art["gold"]["success"]
     mv = mlflow.MlflowClient().get_model_version_by_alias("florence2", "candidate")
     assert mv.run_id == out["run_id"]
+    # the served model's limits are params of the run too, none colliding with the recipe's
+    assert run.data.params["batch_size"] == "2" and run.data.params["predict_batch_size"] == "8"
 
 
 def test_horovod_spark_run_from_the_job(pinned):
@@ -278,7 +280,7 @@ def test_horovod_spark_run_from_the_job(pinned):
 def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned, tracked):
     import mlflow
 
-    from lakehouse.evaluation import evaluate
+    from lakehouse.evaluation import evaluate, fresh_scenes
     from lakehouse.tracking import configure_mlflow, promote
 
     s, root, v, _, _ = pinned
@@ -293,6 +295,9 @@ def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned, track
     assert res["promoted"] and client.get_model_version_by_alias("florence2", "champion").version == cand.version
     run = mlflow.get_run(res["run_id"])
     assert "val.od_mAP" in run.data.metrics and "val.baseline.cider" in run.data.metrics
+    # the registered model through MLflow's pyfunc, on scenes generated from another seed
+    fresh = fresh_scenes("models:/florence2@candidate", 3, 777)
+    assert fresh["examples"] == {"<OD>": 3} and set(fresh["model"]) == set(fresh["baseline"]) >= {"od_AP50", "od_mAP"}
     # a champion with a better recorded score keeps the alias
     client.set_model_version_tag("florence2", cand.version, "fld.eval_score", "999")
     assert promote("florence2", "models:/florence2@candidate", 0.5) is False

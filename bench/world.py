@@ -1,0 +1,28 @@
+"""What the learning benches start from: the synthetic world landed, ingested and refined once, and
+the recipe config of a time-budgeted training run."""
+from __future__ import annotations
+
+
+def world_at_round_one(home, images: int, app: str):
+    """(settings, spark) of a home where ``images`` synthetic scenes are in bronze and round 1 is published."""
+    from lakehouse.config import load_settings
+    from lakehouse.ingest import run_ingest
+    from lakehouse.rounds import RoundConfig, run_round
+    from lakehouse.spark import get_spark
+    from lakehouse.synthetic import write_world
+
+    s = load_settings(home=home)
+    write_world(s.landing, s.synthetic_dir, images, 0)
+    spark = get_spark(s, app)
+    run_ingest(spark, s)
+    run_round(spark, s, RoundConfig(round=1))
+    return s, spark
+
+
+def budget_config(minutes: float):
+    """The tiny recipe for ``minutes`` of training (cosine over the budget), batch 16."""
+    from florence2.recipe import load_config
+    from lakehouse.training import DEFAULT_CONFIG
+
+    return load_config(DEFAULT_CONFIG, [f"max_minutes={minutes}", "max_steps=1000000", "epochs=1000", "batch_size=16",
+                                        "checkpoint_every=500", "log_every=100"])
