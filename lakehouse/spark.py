@@ -67,8 +67,11 @@ def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
-# errors only, from the JVM's first line: setLogLevel comes after startup warnings (native Hadoop, ...)
-LOG4J2 = """rootLogger.level = error
+# Quiet from the JVM's first line (setLogLevel("ERROR") comes after the startup warnings): warn, the level
+# Spark's shell logic expects (any other makes it print a banner), and no native-Hadoop warning
+LOG4J2 = """rootLogger.level = warn
+logger.nativecode.name = org.apache.hadoop.util.NativeCodeLoader
+logger.nativecode.level = error
 rootLogger.appenderRef.console.ref = console
 appender.console.type = Console
 appender.console.name = console
