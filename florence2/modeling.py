@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from florence2.processing import Florence2Processor, num_image_tokens
+from florence2.processing import Processor, num_image_tokens
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     image_size = SIZES[size].image_size
-    proc = Florence2Processor(tokenizer, image_size, num_image_tokens(image_size, cfg.vision_config))
+    proc = Processor(tokenizer, image_size, num_image_tokens(image_size, cfg.vision_config))
     return model, proc
 
 
@@ -123,7 +123,7 @@ def init_for_scratch(model, tokenizer) -> None:
             w[rng[0]:rng[1]] = _sinusoid(torch.arange(1000), d, 2000.0) * w.std()
 
 
-def save(model, processor: Florence2Processor, path) -> None:
+def save(model, processor: Processor, path) -> None:
     Path(path).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
     processor.save_pretrained(str(path))
@@ -132,9 +132,11 @@ def save(model, processor: Florence2Processor, path) -> None:
 def load(path, device: str = "cpu"):
     """A model directory in the Hugging Face layout (ours, or a converted official checkpoint)."""
     from transformers import Florence2ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-tensor bar on every load floods job output
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
     model = Florence2ForConditionalGeneration.from_pretrained(str(path)).to(device).eval()
-    return model, Florence2Processor.from_pretrained(path)
+    return model, Processor.from_pretrained(path)

@@ -26,7 +26,7 @@ from typing import Any
 
 from florence2.locations import LOC_RE
 from florence2.parsing import format_answer, parse_instances
-from florence2.processing import Florence2Processor, ImageInputError, image_header, to_pil
+from florence2.processing import Processor, ImageInputError, image_header, to_pil
 from florence2.tasks import TaskInputError, build_prompt, get_task
 
 
@@ -47,7 +47,7 @@ class PredictionTimeout(TimeoutError):
 
 
 class Predictor:
-    def __init__(self, model, processor: Florence2Processor, device: str | None = None, num_beams: int = 1,
+    def __init__(self, model, processor: Processor, device: str | None = None, num_beams: int = 1,
                  max_new_tokens: int = 256, batch_size: int = 8, min_new_tokens: int = 0, fast: bool = True,
                  preprocess: str = "auto", decode_threads: int = 4, check_every: int | None = None,
                  formats: tuple[str, ...] | None = None, max_image_pixels: int | None = None):

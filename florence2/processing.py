@@ -63,7 +63,10 @@ def num_image_tokens(image_size: int, vision_config) -> int:
 
 
 @dataclass
-class Florence2Processor:
+class Processor:
+    """Images and prompts/targets to model inputs, for training and the predictor's fast path.  Saved
+    and loaded in the layout of transformers' ``Florence2Processor`` (``to_hf`` gives that class over
+    the same files); a separate name, so the two are never confused."""
     tokenizer: object
     image_size: int
     num_image_tokens: int
@@ -162,7 +165,7 @@ class Florence2Processor:
             return AutoProcessor.from_pretrained(d)
 
     @classmethod
-    def from_pretrained(cls, path) -> "Florence2Processor":
+    def from_pretrained(cls, path) -> "Processor":
         from florence2.tokenization import load_tokenizer
 
         path = Path(path)

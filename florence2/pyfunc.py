@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import uuid
+import warnings
 
 import mlflow.pyfunc
 
@@ -161,11 +162,15 @@ def log_and_register(model_dir, registered_name: str | None, alias: str | None =
     import mlflow
 
     pkg = Path(__file__).resolve().parent
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=Florence2PyFunc(), artifacts={"model_dir": str(model_dir)},
-        model_config=dataclasses.asdict(limits or ServingLimits()),
-        code_paths=[str(pkg)], signature=signature(), registered_model_name=registered_name,
-        pip_requirements=["torch", "transformers", "tokenizers", "pillow", "numpy", "pandas"])
+    with warnings.catch_warnings():
+        # the signature is explicit; an input example would run the model at logging time
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        info = mlflow.pyfunc.log_model(
+            # from code, not a pickled object: loading the model runs our file, never unpickles code
+            name="model", python_model=str(pkg / "pyfunc_model.py"), artifacts={"model_dir": str(model_dir)},
+            model_config=dataclasses.asdict(limits or ServingLimits()),
+            code_paths=[str(pkg)], signature=signature(), registered_model_name=registered_name,
+            pip_requirements=["torch", "transformers", "tokenizers", "pillow", "numpy", "pandas"])
     out = {"model_uri": info.model_uri, "registered_name": registered_name, "version": None}
     if registered_name:
         version = info.registered_model_version
@@ -173,3 +178,4 @@ def log_and_register(model_dir, registered_name: str | None, alias: str | None =
         if alias:
             mlflow.MlflowClient().set_registered_model_alias(registered_name, alias, str(version))
     return out
+

@@ -48,9 +48,9 @@ def decode_transform(image_size: int, mean, std, pdf):
 
     from PIL import Image
 
-    from florence2.processing import Florence2Processor
+    from florence2.processing import Processor
 
-    proc = Florence2Processor(None, image_size, 0, tuple(mean), tuple(std))
+    proc = Processor(None, image_size, 0, tuple(mean), tuple(std))
     pixels = proc.preprocess([Image.open(io.BytesIO(b)) for b in pdf["content"]])
     out = pdf.drop(columns=["content"])
     out["pixel_values"] = list(pixels)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from florence2 import modeling
 from florence2.predictor import PredictionInputError, Predictor, Request, one_by_one
-from florence2.processing import Florence2Processor
+from florence2.processing import Processor
 from florence2.tasks import build_prompt
 from lakehouse.synthetic import generate
 
@@ -102,7 +102,7 @@ def test_tensor_preprocessing_matches_pil():
     """The device-side resize (antialiased bicubic, two passes rounded to uint8 like PIL's) stays
     within two uint8 levels of the PIL path, up- and down-sampling, odd sizes included."""
     rng = np.random.default_rng(0)
-    proc = Florence2Processor(tokenizer(), 128, 17)
+    proc = Processor(tokenizer(), 128, 17)
     images = [img for _, img in generate(3, seed=2)]
     images += [Image.fromarray(rng.integers(0, 255, (97, 211, 3), dtype=np.uint8)),
                Image.fromarray(rng.integers(0, 255, (640, 480, 3), dtype=np.uint8)).convert("L")]
@@ -225,7 +225,7 @@ def test_loads_a_converted_official_layout_checkpoint(tmp_path):
     cfg = json.loads((tmp_path / "official" / "config.json").read_text())
     assert cfg["model_type"] == "florence2" and cfg["text_config"]["vocab_size"] % 64 == 0
     model, proc = modeling.load(tmp_path / "official")
-    assert isinstance(proc, Florence2Processor)
+    assert isinstance(proc, Processor)
     assert (proc.image_size, proc.num_image_tokens) == (768, 577)
     assert proc.tokenizer.image_token_id == tok.image_token_id
     buf = io.BytesIO()
