@@ -42,7 +42,7 @@ def coco_folder_examples(folder: Path, limit: int | None = None) -> list[dict]:
     folder = Path(folder).resolve()
     labels, uris = collections.defaultdict(list), {}
     for f in sorted((folder / "annotations").glob("*.json")):
-        for row in CocoJSON().parse(str(f), str(folder.parent)):
+        for row in CocoJSON(skip_crowd=True).parse(str(f), str(folder.parent)):
             if row["error_reason"]:
                 raise ValueError(f"{f}: {row['original_id']}: {row['error_reason']}: {row['error_detail']}")
             iid = row["original_id"].split("#", 1)[1]

@@ -100,9 +100,12 @@ def build_gold(annotations: DataFrame, round_: int) -> DataFrame:
 
 
 def publish_gold(spark, root: TableRoot, candidate: DataFrame, round_: int) -> bool:
-    """MERGE into gold; rows whose content did not change are left alone, so a rerun changes nothing."""
+    """MERGE into gold; rows whose content did not change are left alone, so a rerun changes nothing.
+    Both the comparison and the MERGE name the round as a literal: Delta reads only that round's
+    partition, so publishing round N costs the same whatever earlier rounds hold (issue 10)."""
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    same = read(spark, root, "gold_fld").select("image_id", "round", "content_hash")
+    round_ = int(round_)
+    same = read(spark, root, "gold_fld").filter(F.col("round") == round_).select("image_id", "round", "content_hash")
     changed = candidate.join(same, ["image_id", "round", "content_hash"], "left_anti")
     if changed.limit(1).count() == 0:
         return False  # nothing new: no commit at all
@@ -110,7 +113,7 @@ def publish_gold(spark, root: TableRoot, candidate: DataFrame, round_: int) -> b
     target = delta_table(spark, root, "gold_fld")
     spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", json.dumps({"fld_round": round_, "stage": "publish"}))
     try:
-        (target.alias("t").merge(src.alias("s"), "t.image_id = s.image_id AND t.round = s.round")
+        (target.alias("t").merge(src.alias("s"), f"t.round = {round_} AND t.image_id = s.image_id AND t.round = s.round")
          .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
     finally:
         spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")

@@ -79,3 +79,22 @@ def test_ocr_word_f1_and_cer():
     assert (r["tp"], r["precision"], r["recall"]) == (1, 1 / 3, 0.5)
     assert ev.cer("helo wrld", "hello world") == pytest.approx(2 / 11)
     assert ev.cer("", "abc") == 1.0 and ev.cer("abc", "abc") == 0.0
+
+
+def test_coco_folder_examples_read_by_the_ingest_adapter_without_crowd_boxes(real_dev, tmp_path):
+    """Evaluation reads COCO folders with the adapter ingest uses; COCO's crowd boxes are not scored
+    (ingest keeps all 134 boxes of this sample, one of them a crowd box: tests/test_ingest.py)."""
+    import shutil
+
+    from lakehouse.evaluation import coco_folder_examples
+
+    src, folder = real_dev / "coco_train2017_det_caption", tmp_path / "coco"
+    (folder / "annotations").mkdir(parents=True)
+    (folder / "images").symlink_to(src / "images")
+    for f in ("instances_train2017.json", "captions_train2017.json"):  # as tests/test_ingest.py lands them
+        shutil.copy(src / "annotations" / f, folder / "annotations" / f)
+    exs = coco_folder_examples(folder)
+    od = [e for e in exs if e["task"] == "<OD>"]
+    assert len(od) == 20 and sum(e["task"] == "<CAPTION>" for e in exs) == 20
+    assert sum(e["target"].count("<loc_") for e in od) == 4 * 133
+    assert all(e["width"] > 0 and e["height"] > 0 and e["image"][:2] == b"\xff\xd8" for e in od)

@@ -17,6 +17,10 @@ class CocoJSON(SourceAdapter):
     glob = "*.json"
     description = "COCO-style detection JSON (Objects365 / COCO)"
 
+    def __init__(self, skip_crowd: bool = False):
+        # ingest keeps crowd boxes (human labels: nothing is dropped); evaluation skips them, as COCO's does
+        self.skip_crowd = skip_crowd
+
     def _parse(self, path, source_name, dataset_dir):
         doc = json.loads(path.read_text())
         cats = {c["id"]: c["name"] for c in doc.get("categories", [])}
@@ -25,7 +29,7 @@ class CocoJSON(SourceAdapter):
             labs = per_image.setdefault(a["image_id"], [])
             if "caption" in a:
                 labs.append(label("caption", a["caption"].strip()))
-            elif "bbox" in a and not a.get("iscrowd"):  # a crowd box marks many instances, not one region
+            elif "bbox" in a and not (self.skip_crowd and a.get("iscrowd")):
                 x, y, w, h = a["bbox"]
                 seg = a.get("segmentation")
                 polys = seg if isinstance(seg, list) and seg and isinstance(seg[0], list) else None
