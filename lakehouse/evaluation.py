@@ -1,6 +1,7 @@
 """Evaluation data and bookkeeping around ``florence2.evaluation``'s protocol: the validation split of a
 pinned ``training_examples`` version, referring expressions from the synthetic world's truth, any
-COCO-format folder (read by the COCO source adapter ingest uses), MLflow logging and promotion."""
+COCO-format folder (read by the COCO source adapter ingest uses), MLflow logging, and the champion
+through MLflow on freshly generated scenes (promotion is in ``lakehouse.tracking``)."""
 from __future__ import annotations
 
 import collections
