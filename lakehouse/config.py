@@ -24,6 +24,9 @@ class Settings:
     max_image_pixels: int = 40_000_000
     # Files per micro-batch per source in streaming ingest.
     max_files_per_trigger: int = 50
+    # Manifest rows per ingest micro-batch (fetch, validate, write): one landed manifest of millions of
+    # lines is parsed into the landing_manifest table first and fetched this many rows at a time.
+    max_rows_per_trigger: int = 20_000
     # Fetch http(s) URLs named by caption sources (Conceptual Captions / LAION style): off unless
     # set, and then only globally routable addresses plus the comma-separated allow-list
     # (networks or hosts, for private mirrors and tests).  See lakehouse.fetch.

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from florence2.targets import ImageAnnotations, Phrase, Region, Word, build_examples
+from lakehouse.spark import json_columns, parse_json_columns
 from lakehouse.tables import TABLES, TableRoot, current_version, read
 
 
@@ -47,6 +48,9 @@ def _keep(example_key: str, weight: float) -> int:
     return whole + (1 if u < frac else 0)
 
 
+DEEP_COLUMNS = ["regions", "grounding"]  # see lakehouse.spark.json_columns
+
+
 def _examples(mixture: dict, val_fraction: float, round_: int, batches):
     import pandas as pd
 
@@ -55,7 +59,7 @@ def _examples(mixture: dict, val_fraction: float, round_: int, batches):
     cols = TABLES["training_examples"].schema.fieldNames()
     for pdf in batches:
         rows = []
-        for row in pdf.to_dict("records"):
+        for row in parse_json_columns(pdf, DEEP_COLUMNS).to_dict("records"):
             ann = gold_annotations(row)
             for k, ex in enumerate(build_examples(ann, [t for t, w in mixture.items() if w > 0])):
                 key = f"{row['image_id']}|{ex.task}|{ex.text}|{ex.region}|{k}"
@@ -96,8 +100,13 @@ def build_training_examples(spark, root: TableRoot, round_: int | None = None, g
                          f"{latest_published_round(spark, root)}); only published rounds are trained on")
     gold_version = pinned["gold"] if gold_version is None else gold_version
     gold = read(spark, root, "gold_fld", version=gold_version).filter(F.col("round") == round_)
-    images = read(spark, root, "bronze_images").select("image_id", "content", "width", "height")
-    src = gold.join(images, "image_id")
+    return examples_from_gold(gold, read(spark, root, "bronze_images"), mixture, val_fraction, round_)
+
+
+def examples_from_gold(gold: DataFrame, images: DataFrame, mixture: dict, val_fraction: float,
+                       round_: int) -> DataFrame:
+    """Training examples of gold rows (their images' bytes and sizes from ``images``)."""
+    src = json_columns(gold.join(images.select("image_id", "content", "width", "height"), "image_id"), DEEP_COLUMNS)
     return src.mapInPandas(functools.partial(_examples, mixture, val_fraction, round_),
                            TABLES["training_examples"].schema)
 

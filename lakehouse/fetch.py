@@ -19,6 +19,7 @@ counted in ``quarantine``.
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import ipaddress
 import os
@@ -73,10 +74,13 @@ def redact(uri: str | None) -> str | None:
         return uri.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
 
 
+_realpath_of_root = functools.lru_cache(maxsize=256)(os.path.realpath)  # one dataset folder, many rows
+
+
 def read_local(path: str, root: str | None, max_bytes: int) -> bytes:
     """A local file named by a manifest, which must lie inside ``root`` (its dataset folder)."""
     if root is not None:
-        real, base = os.path.realpath(path), os.path.realpath(root)
+        real, base = os.path.realpath(path), _realpath_of_root(root)
         if os.path.commonpath([real, base]) != base:
             # say nothing about the file itself: whether it exists is information too
             raise ImageRejected("forbidden", "reference outside its dataset folder")

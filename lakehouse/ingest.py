@@ -1,12 +1,16 @@
 """Streaming ingest: landing area -> bronze images, bronze labels, quarantine.
 
-One Structured Streaming query reads every source kind's landed files (the file
-source locally, Auto Loader on Databricks), parses them with the kind's adapter,
-fetches and validates the image bytes, and writes each micro-batch as idempotent
-Delta appends (``write_batch``).  A replayed micro-batch (after a crash) thus
-writes nothing twice and counts the same, and the checkpoint makes the whole
-thing exactly-once.  ``image_id`` is the SHA-256 of the bytes, so the same image from
-two sources, or ingested twice, is one bronze row.
+Two Structured Streaming queries.  ``landing`` reads every source kind's landed
+files (the file source locally, Auto Loader on Databricks) and parses them with
+the kind's adapter into ``landing_manifest``: rows only, no image bytes read, in
+files of at most ``max_rows_per_trigger`` rows.  ``ingest`` reads that table one
+file per micro-batch, so a manifest of millions of lines becomes many bounded
+micro-batches, fetches and validates the image bytes, and writes each batch as
+idempotent Delta appends (``write_batch``).  Both queries' appends are tagged
+with their checkpoint and batch id, so a replayed micro-batch (after a crash)
+writes nothing twice and counts the same: exactly-once end to end.
+``image_id`` is the SHA-256 of the bytes, so the same image from two sources, or
+ingested twice, is one bronze row.
 
 Every input lands in exactly one place: a new bronze image, a duplicate of one
 (counted in ``ingest_log``), or a quarantine row with a reason.
@@ -25,14 +29,16 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakehouse.config import Settings
+from lakehouse.faults import crash_point
 from lakehouse.fetch import FetchPolicy, fetch_url, is_remote, read_local, redact
 from lakehouse.images import ImageRejected, inspect_image
 from lakehouse.sources import ADAPTERS
 from lakehouse.sources.base import local_path
-from lakehouse.spark import on_databricks
-from lakehouse.tables import MANIFEST, TableRoot, ensure_tables, read
+from lakehouse.spark import json_columns, on_databricks, parse_json_columns
+from lakehouse.tables import MANIFEST, TableRoot, append_once, ensure_tables, read
 
-QUERY_NAME = "ingest"
+QUERY_NAME = "ingest"            # landing_manifest -> bronze (fetch, validate, write)
+LANDING_QUERY = "landing"       # landed files -> landing_manifest (parse only)
 
 BINARY_FILE = T.StructType([
     T.StructField("path", T.StringType()), T.StructField("modificationTime", T.TimestampType()),
@@ -101,14 +107,20 @@ def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy) -> dict:
 
 
 def _resolve(max_pixels: int, policy: FetchPolicy, batches):
+    """Resolved rows of each chunk, in order.  Only remote fetches go to the thread pool: they wait on
+    the network; local reads and image checks hold the GIL, and threads made them 2.5x slower."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pandas as pd
 
-    with ThreadPoolExecutor(max(1, policy.threads)) as pool:  # fetches wait on the network, not the CPU
+    with ThreadPoolExecutor(max(1, policy.threads)) as pool:
         for pdf in batches:
-            rows = list(pool.map(lambda r: resolve_row(r, max_pixels, policy), pdf.to_dict("records")))
-            yield pd.DataFrame(rows, columns=RESOLVED.fieldNames())
+            rows = parse_json_columns(pdf, ["labels"]).to_dict("records")
+            remote = {i: pool.submit(resolve_row, r, max_pixels, policy) for i, r in enumerate(rows)
+                      if r.get("content") is None and r.get("uri") and is_remote(r["uri"])}
+            out = [remote[i].result() if i in remote else resolve_row(r, max_pixels, policy)
+                   for i, r in enumerate(rows)]
+            yield pd.DataFrame(out, columns=RESOLVED.fieldNames())
 
 
 def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> DataFrame:
@@ -138,8 +150,10 @@ def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> D
 
 
 def resolve(df: DataFrame, settings: Settings) -> DataFrame:
+    """Fetched and checked rows, spread over ``shuffle_partitions`` tasks by uri: one large manifest
+    file is parsed by one task, but its rows are fetched and hashed by all of them."""
     fn = functools.partial(_resolve, settings.max_image_pixels, FetchPolicy.from_settings(settings))
-    return df.mapInPandas(fn, schema=RESOLVED)
+    return json_columns(df.repartition(settings.shuffle_partitions, "uri"), ["labels"]).mapInPandas(fn, schema=RESOLVED)
 
 
 def _quarantine_id():
@@ -199,15 +213,16 @@ def _landed(settings: Settings, kinds, listed: list[str] | None):
 
 def empty_files(spark, settings: Settings, root: TableRoot, batch_id: int, kinds=None,
                 checkpoint: Path | None = None) -> DataFrame | None:
-    """Zero-byte landed files, which Spark's file scan silently skips, as quarantine rows.
+    """Zero-byte landed files, which Spark's file scan silently skips, as manifest rows that the
+    fetch stage quarantines (``error_reason`` ``empty_file``).
 
-    Found among this micro-batch's own files (``listed_files``), so the cost is the batch's, and a
-    replayed batch finds the same ones.  Without the source's log (Auto Loader) the landing area is
-    walked and files already quarantined by another batch are left out.
+    Found among this landing micro-batch's own files (``listed_files``), so the cost is the batch's,
+    and a replayed batch finds the same ones.  Without the source's log (Auto Loader) the landing
+    area is walked and files that an earlier batch already landed are left out.
     """
     import fnmatch
 
-    checkpoint = checkpoint or settings.checkpoints / QUERY_NAME
+    checkpoint = checkpoint or settings.checkpoints / LANDING_QUERY
     listed = listed_files(checkpoint, batch_id)
     rows = []
     for kind, p in _landed(settings, kinds, listed):
@@ -222,17 +237,18 @@ def empty_files(spark, settings: Settings, root: TableRoot, batch_id: int, kinds
             continue  # removed since it was listed: nothing to account for
         name = adapter.source_name(str(p), str(kind_root))
         rel = str(p.relative_to(adapter.dataset_dir(str(p), str(kind_root))))
-        rows.append({**{k: None for k in RESOLVED.fieldNames()}, "source_kind": kind, "source_name": name,
-                     "original_id": rel, "uri": str(p), "labels": [], "size_bytes": 0,
-                     "reason": "empty_file", "detail": "0 bytes"})
+        rows.append({**{k: None for k in MANIFEST.fieldNames()}, "source_kind": kind, "source_name": name,
+                     "original_id": rel, "uri": str(p), "labels": [],
+                     "error_reason": "empty_file", "error_detail": "0 bytes"})
     if not rows:
         return None
-    df = spark.createDataFrame(rows, RESOLVED)
+    df = spark.createDataFrame(rows, MANIFEST)
     if listed is not None:
         return df
-    key = _quarantine_id()
-    seen = read(spark, root, "quarantine").filter(F.col("ingest_batch") != batch_id).select("quarantine_id")
-    return df.withColumn("_qid", key).join(seen, F.col("_qid") == seen.quarantine_id, "left_anti").drop("_qid")
+    key = ["source_kind", "source_name", "original_id"]
+    seen = (read(spark, root, "landing_manifest")
+            .filter((F.col("landing_batch") != batch_id) & (F.col("error_reason") == "empty_file")).select(*key))
+    return df.join(seen, key, "left_anti")
 
 
 def _pixel_bbox():
@@ -262,7 +278,7 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
     write tagged ``(app_id, batch_id)``, so replaying a batch after a crash writes nothing twice and
     logs the same counts.  ``app_id`` names the query's checkpoint (a new checkpoint is a new writer).
     """
-    from lakehouse.tables import TABLES, append_once
+    from lakehouse.tables import TABLES
 
     app_id = app_id or f"fld-{query}"
     df = df.persist()
@@ -280,6 +296,7 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
         new = {r["source_kind"]: r["n"] for r in images.groupBy("source_kind").agg(F.count("*").alias("n")).collect()}
         if new:
             append_once(spark, root, "bronze_images", images, app_id, batch_id)
+        crash_point("ingest:bronze")
 
         labels = (ok.select("image_id", "source_kind", "source_name", "original_id", "width", "height",
                             F.posexplode("labels").alias("pos", "lab"))
@@ -315,6 +332,7 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
                                                  "new_images long, duplicates long, quarantined long, labels long")
             log_df = log_df.withColumn("logged_at", now).select(*TABLES["ingest_log"].schema.fieldNames())
             append_once(spark, root, "ingest_log", log_df, app_id, batch_id)
+        crash_point("ingest:logged")
         summary = {k: sum(r[i] for r in rows) for i, k in ((3, "inputs"), (4, "new"), (5, "duplicates"), (6, "quarantined"))}
         if log:
             log(f"[ingest] batch {batch_id}: {summary['inputs']} inputs -> {summary['new']} new, "
@@ -334,43 +352,73 @@ class IngestResult:
     batch_stats: list[dict] = field(default_factory=list)
 
 
+def _app_id(checkpoint: Path, query: str) -> str:
+    """The writer id of a query's idempotent appends: its checkpoint's query id, because a new
+    checkpoint starts batch ids at 0 again and must not be mistaken for a replay of the old one."""
+    return f"fld-{query}-{json.loads((checkpoint / 'metadata').read_text())['id']}"
+
+
+def landed_rows(spark, settings: Settings, root: TableRoot) -> DataFrame:
+    """The fetch stage's input: landing_manifest as a stream of at most ``max_rows_per_trigger`` rows
+    per micro-batch (the landing stage writes files of at most that many rows; one file per trigger)."""
+    reader = spark.readStream.format("delta").option("maxFilesPerTrigger", 1)
+    return root.load(reader, "landing_manifest").select(*MANIFEST.fieldNames())
+
+
 def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=None, timeout_s: float | None = None,
                log=print, until=None) -> IngestResult:
-    """Run the ingest query.  ``available-now`` processes what has landed and stops;
-    ``continuous`` keeps polling the landing area (until ``timeout_s``, if given)."""
+    """Run the two ingest queries: ``landing`` parses landed files into ``landing_manifest`` (cheap:
+    no image bytes are read), ``ingest`` fetches, validates and writes those rows in micro-batches of
+    at most ``max_rows_per_trigger`` rows.  ``available-now`` processes what has landed and stops;
+    ``continuous`` runs both until ``until(result)`` is true or ``timeout_s`` has passed."""
     root = settings.tables
     ensure_tables(spark, root)
     result = IngestResult()
+    landing_ckpt, ingest_ckpt = settings.checkpoints / LANDING_QUERY, settings.checkpoints / QUERY_NAME
 
-    checkpoint = settings.checkpoints / QUERY_NAME
+    def land(df, batch_id):
+        empties = empty_files(spark, settings, root, batch_id, kinds, landing_ckpt)
+        if empties is not None:
+            df = df.unionByName(empties)
+        df = df.select(*MANIFEST.fieldNames(), F.lit(batch_id).cast("long").alias("landing_batch"),
+                       F.current_timestamp().alias("landed_at"))
+        append_once(spark, root, "landing_manifest", df, _app_id(landing_ckpt, LANDING_QUERY), batch_id,
+                    max_records_per_file=settings.max_rows_per_trigger)
+        crash_point("landing:appended")
 
     def batch(df, batch_id):
         t = time.perf_counter()
-        empties = empty_files(spark, settings, root, batch_id, kinds, checkpoint)
-        if empties is not None:
-            df = df.unionByName(empties)
-        # the checkpoint's query id: a new checkpoint starts batch ids at 0 again and must not be
-        # mistaken for a replay of the old one's writes
-        app_id = f"fld-{QUERY_NAME}-{json.loads((checkpoint / 'metadata').read_text())['id']}"
-        summary = write_batch(spark, root, df, batch_id, log=log, app_id=app_id)
+        summary = write_batch(spark, root, df, batch_id, log=log, app_id=_app_id(ingest_ckpt, QUERY_NAME))
         result.batches.append(batch_id)
         result.batch_stats.append({"batch_id": batch_id, **summary, "seconds": round(time.perf_counter() - t, 3)})
 
-    stream = resolve(manifest(spark, settings, kinds, streaming=True), settings)
-    writer = (stream.writeStream.queryName(QUERY_NAME).foreachBatch(batch)
-              .option("checkpointLocation", str(settings.checkpoints / QUERY_NAME)))
-    writer = writer.trigger(availableNow=True) if mode == "available-now" else writer.trigger(processingTime="5 seconds")
+    def start(stream, name, fn, checkpoint):
+        w = stream.writeStream.queryName(name).foreachBatch(fn).option("checkpointLocation", str(checkpoint))
+        return (w.trigger(availableNow=True) if mode == "available-now" else w.trigger(processingTime="5 seconds")).start()
+
     t0 = time.time()
-    q = writer.start()
-    if until is None:
-        q.awaitTermination(timeout_s)
-    else:  # continuous runs that stop once ``until(result)`` is true
-        while q.isActive and not until(result) and (timeout_s is None or time.time() - t0 < timeout_s):
-            q.awaitTermination(1)
-    if q.isActive:
-        q.stop()
-    if q.exception():
-        raise q.exception()
+
+    def left():
+        return None if timeout_s is None else max(0.0, timeout_s - (time.time() - t0))
+
+    queries = [start(manifest(spark, settings, kinds, streaming=True), LANDING_QUERY, land, landing_ckpt)]
+    if mode == "available-now":
+        queries[0].awaitTermination(left())
+    queries.append(start(resolve(landed_rows(spark, settings, root), settings), QUERY_NAME, batch, ingest_ckpt))
+    try:
+        if until is None:
+            for q in queries:
+                q.awaitTermination(left())
+        else:  # continuous runs that stop once ``until(result)`` is true
+            while all(q.isActive for q in queries) and not until(result) and (left() is None or left() > 0):
+                queries[-1].awaitTermination(1)
+    finally:
+        for q in queries:
+            if q.isActive:
+                q.stop()
+    for q in queries:
+        if q.exception():
+            raise q.exception()
     result.seconds = time.time() - t0
     return result
 

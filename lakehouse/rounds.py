@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
 from lakehouse.acceptance import AcceptanceConfig, apply_acceptance, calibrate_models
+from lakehouse.faults import crash_point
 from lakehouse.filters import FilterConfig, apply_filters
 from lakehouse.fld import build_gold, human_annotations, publish_gold
 from lakehouse.specialists import from_config, run_specialists, split_errors
@@ -246,6 +247,7 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
         + ("; errors (image skipped by that specialist, see annotation_errors): "
            + ", ".join(f"{k} {v}" for k, v in sorted(error_counts.items())) if error_counts else ""))
     _replace_round(root, "annotation_errors", errors, cfg.round)
+    crash_point("round:annotated")
     ref = audit_reference(spark, root, settings, cfg.gate.audit.fraction)
     accepted, accept_drops = _accept(anns, ref, specialists, cfg, log)
     kept, removed = apply_filters(accepted, cfg.filters)
@@ -258,6 +260,7 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
         [(cfg.round, r["step"], r["kind"], r["annotator"], r["reason"], int(r["removed"]), t0) for r in removed_rows],
         TABLES["filter_log"].schema)
     _replace_round(root, "filter_log", flog, cfg.round)
+    crash_point("round:silver")
 
     silver = read(spark, root, "silver_annotations").filter(F.col("round") == cfg.round)
     candidate = build_gold(silver, cfg.round).persist()
@@ -269,10 +272,12 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
     views["errors"] = errors_view(spark, [s.name for s in specialists], n_images, error_counts)
     gate = run_gate(settings.home, views, gate_config(cfg))
     record_gate(spark, root, cfg.round, gate)
+    crash_point("round:gated")
     log(gate.summary())
     stats = round_statistics(candidate, silver)
     if gate.success:
         publish_gold(spark, root, candidate, cfg.round)
+        crash_point("round:published")
     row = {"round": cfg.round, "attempt_at": t0, "published": gate.success, "gate_success": gate.success,
            "silver_version": current_version(spark, root, "silver_annotations"),
            "gold_version": current_version(spark, root, "gold_fld"),

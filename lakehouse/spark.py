@@ -101,6 +101,25 @@ def with_code_root(env: dict) -> dict:
     return dict(env, PYTHONPATH=os.pathsep.join([CODE_ROOT, *parts]))
 
 
+# pyarrow 14 (pinned for Petastorm) crashes the Python worker, a segfault in its Arrow -> pandas
+# conversion, on a batch whose array<struct<..., array<array<...>>>> column holds no struct at all
+# (every row null or empty): a manifest chunk of unlabelled rows, gold rows without grounding.  A
+# crashed worker fails its micro-batch on every retry, so such columns cross into pandas UDFs as JSON.
+def json_columns(df, cols):
+    """``df`` with ``cols`` as JSON text, for a pandas UDF that reads them with ``parse_json_columns``."""
+    from pyspark.sql import functions as F
+
+    keep_nulls = {"ignoreNullFields": "false"}  # every field present, as the Arrow path gives them
+    return df.select(*[F.to_json(c, keep_nulls).alias(c) if c in cols else c for c in df.columns])
+
+
+def parse_json_columns(pdf, cols):
+    """Inside the UDF: the ``json_columns`` text back as lists of dicts."""
+    for c in cols:
+        pdf[c] = [None if v is None else json.loads(v) for v in pdf[c]]
+    return pdf
+
+
 def get_spark(settings: Settings | None = None, app_name: str = "fld"):
     """Return a SparkSession with Delta Lake enabled.
 

@@ -94,6 +94,17 @@ def _f(name, dtype, nullable=True):
     return T.StructField(name, dtype, nullable)
 
 
+def _top_level_only(schema: T.StructType) -> T.StructType:
+    """``schema`` with NOT NULL kept on its top-level fields only: Delta refuses nested ones."""
+    def relax(dt):
+        if isinstance(dt, T.StructType):
+            return T.StructType([T.StructField(f.name, relax(f.dataType), True) for f in dt.fields])
+        if isinstance(dt, T.ArrayType):
+            return T.ArrayType(relax(dt.elementType), True)
+        return dt
+    return T.StructType([T.StructField(f.name, relax(f.dataType), f.nullable) for f in schema.fields])
+
+
 S, L, I, D, TS, B = T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType(), T.TimestampType(), T.BinaryType()
 
 TABLES: dict[str, TableDef] = {t.name: t for t in [
@@ -127,6 +138,13 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
             "bbox_is_box": "bbox IS NULL OR size(bbox) = 4",
         },
         description="Human labels the sources carried, in pixel coordinates, with their source.",
+    ),
+    TableDef(
+        "landing_manifest",
+        T.StructType(_top_level_only(MANIFEST).fields + [_f("landing_batch", L, False), _f("landed_at", TS, False)]),
+        description="Every manifest row parsed from a landed file, before its bytes are fetched: the queue "
+                    "that bounds an ingest micro-batch by rows (max_rows_per_trigger rows per file, one file "
+                    "per micro-batch), and the record of which landed file each input came from.",
     ),
     TableDef(
         "quarantine",
@@ -325,7 +343,8 @@ def merge_insert(spark, root: TableRoot, name: str, df, keys: list[str]) -> None
     delta_table(spark, root, name).alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
 
 
-def append_once(spark, root: TableRoot, name: str, df, app_id: str, version: int) -> None:
+def append_once(spark, root: TableRoot, name: str, df, app_id: str, version: int,
+                max_records_per_file: int = 0) -> None:
     """Append ``df`` unless this table already holds the write ``(app_id, version)``: Delta's idempotent
     writes (``txnAppId``/``txnVersion``), which keep a replayed streaming micro-batch from writing twice
     without the join a MERGE runs against the whole table.  Rows are grouped by the table's partition
@@ -333,5 +352,7 @@ def append_once(spark, root: TableRoot, name: str, df, app_id: str, version: int
     wrote ~24 small files per table, and every later read of the table paid for each)."""
     parts = TABLES[name].partition_by
     df = df.repartition(*parts) if parts else df.coalesce(1)
-    root.save(df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version)),
-              name)
+    writer = df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version))
+    if max_records_per_file:
+        writer = writer.option("maxRecordsPerFile", int(max_records_per_file))
+    root.save(writer, name)

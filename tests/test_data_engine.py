@@ -356,3 +356,70 @@ def test_round_one_on_real_coco_photos(spark, real_dev, tmp_path):
     gold = read(spark, root, "gold_fld").filter("round = 1")
     # an image whose detections exceed the per-image region limit is dropped by the filter, and counted
     assert gold.count() >= 18 and gold.filter("caption_brief IS NOT NULL").count() == gold.count()
+
+
+@pytest.mark.slow
+def test_round_killed_at_each_stage_boundary_keeps_the_published_state_and_rerun_converges(spark, tmp_path):
+    """Issue 13's fault suite for rounds: round 2 kills itself (``FLD_CRASH_AT``) at each boundary in
+    turn.  After every crash the published state is round 1's, at the versions and content it had;
+    round 2 is unreadable; the stale lock is taken over.  A clean rerun publishes round 2, and one
+    more run changes nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lakehouse.config import load_settings
+    from lakehouse.examples import build_training_examples
+    from lakehouse.faults import CRASH_POINTS
+    from lakehouse.rounds import published_versions
+
+    s = load_settings(home=tmp_path / "fld_home")
+    write_world(s.landing, s.synthetic_dir, n_images=12, seed=11)
+    run_ingest(spark, s, log=None)
+    quiet = lambda *a: None  # noqa: E731
+    run_round(spark, s, RoundConfig(round=1), log=quiet)
+    root = s.tables
+
+    def published():
+        v = published_versions(spark, root, 1)
+        gold = read(spark, root, "gold_fld", version=v["gold"]).filter("round = 1")
+        return latest_published_round(spark, root), v, sorted(r["content_hash"] for r in gold.collect())
+
+    before = published()
+    cmd = [sys.executable, "-m", "jobs.refine_round", "--home", str(s.home), "--round", "2",
+           "--specialists", json.dumps([{"type": "contours"}])]
+    repo = Path(__file__).resolve().parents[1]
+    points = [p for p in CRASH_POINTS if p.startswith("round:")]
+    assert len(points) == 4
+    for point in points:
+        r = subprocess.run(cmd, cwd=repo, env=dict(os.environ, FLD_CRASH_AT=point), capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == -signal.SIGKILL and f"FLD_CRASH_AT={point}" in r.stdout, (point, r.stderr[-2000:])
+        assert published() == before, point
+        with pytest.raises(ValueError, match="round 2 is not published"):
+            build_training_examples(spark, root, 2)
+    r = subprocess.run(cmd, cwd=repo, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert latest_published_round(spark, root) == 2 and published()[1:] == before[1:]
+    gold_version = current_version(spark, root, "gold_fld")
+    assert published_versions(spark, root, 2)["gold"] == gold_version
+    n = read(spark, root, "gold_fld", version=gold_version).filter("round = 2").count()
+    assert n == read(spark, root, "bronze_images").count()
+    run_round(spark, s, RoundConfig(round=2, specialists=[{"type": "contours"}]), log=quiet)
+    assert current_version(spark, root, "gold_fld") == gold_version  # converged: nothing left to publish
+
+
+def test_gold_rows_without_regions_or_grounding_build_examples(spark, engine):
+    """A batch of gold rows none of which has a region or a grounded phrase used to kill the Python
+    worker (pyarrow 14 segfaults on such nested columns; see lakehouse.spark.json_columns)."""
+    from lakehouse.examples import default_mixture, examples_from_gold
+
+    _, root, _ = engine
+    bare = (read(spark, root, "gold_fld").filter("round = 1").limit(2).coalesce(1)
+            .withColumn("regions", F.expr("filter(regions, r -> false)"))
+            .withColumn("grounding", F.lit(None).cast(TABLES["gold_fld"].schema["grounding"].dataType)))
+    ex = examples_from_gold(bare, read(spark, root, "bronze_images"), default_mixture(), 0.0, 1)
+    tasks = {r["task"] for r in ex.select("task").distinct().collect()}
+    assert "<CAPTION>" in tasks and "<OD>" not in tasks and "<CAPTION_TO_PHRASE_GROUNDING>" not in tasks

@@ -247,11 +247,11 @@ def test_each_batch_lists_its_own_files_from_the_source_log(spark, ingested):
     the landing area every batch (issue 10): over all batches the log names every landed file once."""
     import fnmatch
 
-    from lakehouse.ingest import QUERY_NAME, listed_files
+    from lakehouse.ingest import LANDING_QUERY, listed_files
     from lakehouse.sources import ADAPTERS
 
     s, _, _ = ingested
-    ckpt = s.checkpoints / QUERY_NAME
+    ckpt = s.checkpoints / LANDING_QUERY
     batches = sorted(int(p.name) for p in (ckpt / "offsets").glob("[0-9]*"))  # every run of the query so far
     listed = [p for b in batches for p in listed_files(ckpt, b)]
     landed = {str(p) for kind, a in ADAPTERS.items() for p in (s.landing / kind).rglob("*")
@@ -260,3 +260,62 @@ def test_each_batch_lists_its_own_files_from_the_source_log(spark, ingested):
     assert {x.replace("file://", "").replace("file:", "") for x in listed} == landed
     assert any(os.path.getsize(p) == 0 for p in landed)  # the empty file is among them
     assert listed_files(ckpt, batches[-1] + 1) is None
+
+
+def test_killed_at_each_stage_boundary_then_rerun_is_exact(spark, settings):
+    """Issue 13's fault suite for ingest: the job kills itself (``FLD_CRASH_AT``) at each boundary of
+    both queries in turn, each run getting further than the last; the final run must account for
+    every input exactly once, with no duplicate row in any table."""
+    from lakehouse.faults import CRASH_POINTS
+
+    expected = _world(settings, n=12)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    points = [p for p in CRASH_POINTS if p.startswith(("landing:", "ingest:"))]
+    assert len(points) == 3
+    for point in points:
+        r = subprocess.run(_ingest_cmd(settings), cwd=ROOT, env=dict(env, FLD_CRASH_AT=point),
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == -signal.SIGKILL and f"FLD_CRASH_AT={point}" in r.stdout, (point, r.stderr[-2000:])
+    r = subprocess.run(_ingest_cmd(settings), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    t, inputs = _accounting(spark, settings)
+    assert inputs == expected["inputs"]
+    assert t["bronze_images"] == expected["distinct_images"]
+    assert t["quarantine"] == expected["quarantined"]
+    root = settings.tables
+    assert read(spark, root, "landing_manifest").count() == inputs  # each landed row once
+    for name, key in (("bronze_images", "image_id"), ("bronze_labels", "label_id"), ("quarantine", "quarantine_id")):
+        df = read(spark, root, name)
+        assert df.count() == df.select(key).distinct().count(), name
+
+
+@pytest.mark.slow
+def test_a_million_row_manifest_ingests_in_bounded_batches_and_memory(spark, tmp_path):
+    """Issue 13: one landed manifest of 10^6 rows becomes micro-batches of at most
+    ``max_rows_per_trigger`` rows, every row is accounted for, and the whole job (driver, JVM, Python
+    workers) stays under a ceiling set by its configuration, not by the manifest.  Before the
+    landing_manifest stage the whole file was one micro-batch."""
+    rows, per_batch, ceiling_mib = 1_000_000, 100_000, 2_560  # 1g driver heap + JVM and Python overheads
+    home = tmp_path / "fld_home"
+    env = dict(os.environ, FLD_MAX_ROWS_PER_TRIGGER=str(per_batch), FLD_SPARK_DRIVER_MEMORY="1g")
+    r = subprocess.run([sys.executable, "bench/big_manifest.py", "--rows", str(rows), "--images", "50",
+                        "--home", str(home), "--out", str(tmp_path / "result.json")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((tmp_path / "result.json").read_text())
+    print({k: v for k, v in res.items() if k != "log"})
+    assert res["all_accounted"] and res["inputs"] == rows and res["bronze_images"] == 50
+    assert res["quarantine"] == {"malformed_record": rows // 1000}
+    assert res["fetch_batches"] == rows // per_batch and res["largest_batch_inputs"] == per_batch
+    assert res["peak_rss_mib"] < ceiling_mib
+
+
+def test_a_manifest_without_a_single_label_is_quarantined_not_a_crash(spark, settings):
+    """Every row of this TSV is malformed, so no row carries a label: such a batch used to kill the
+    Python worker (pyarrow 14 segfault) and fail the micro-batch on every restart."""
+    src = settings.landing / "cc" / "broken"
+    src.mkdir(parents=True)
+    (src / "a.tsv").write_text("no tab here\nnor here\nonly a caption\t\n")
+    run_ingest(spark, settings, log=None)
+    t, inputs = _accounting(spark, settings)
+    assert inputs == 3 and t["quarantine"] == {"malformed_record": 3} and t["bronze_images"] == 0

@@ -1,0 +1,134 @@
+"""Ingest of one very large manifest: peak memory of the whole job (driver JVM, Python workers) and time.
+
+A Conceptual Captions-style TSV of ``--rows`` lines lands as ONE file.  Every line names one of
+``--images`` small PNGs in the same folder (so most rows are duplicates and the run measures the
+pipeline, not disk space); every ``--bad-every``-th line is malformed and must be quarantined.
+The ingest job runs as a subprocess (``python -m jobs.ingest``) while this script samples the resident
+memory of its whole process tree; then it checks that every row is accounted for and reads the size of
+the largest fetch micro-batch from ``ingest_log``.  Settings come from ``FLD_*`` variables as usual
+(``FLD_MAX_ROWS_PER_TRIGGER``, ``FLD_SPARK_DRIVER_MEMORY``).
+
+    FLD_MAX_ROWS_PER_TRIGGER=100000 FLD_SPARK_DRIVER_MEMORY=1g \
+        python bench/big_manifest.py --rows 1000000 --out bench/results/big_manifest.json
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def write_manifest(landing: Path, rows: int, images: int, bad_every: int) -> dict:
+    from PIL import Image
+
+    src = landing / "cc" / "big"
+    src.mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 24), (i % 256, (i * 7) % 256, (i * 13) % 256)).save(buf, "PNG")
+        (src / f"img{i}.png").write_bytes(buf.getvalue())
+    bad = 0
+    with open(src / "manifest.tsv", "w") as f:
+        for n in range(rows):
+            if bad_every and n % bad_every == bad_every - 1:
+                f.write(f"a line without a tab {n}\n")
+                bad += 1
+            else:
+                f.write(f"shape number {n}\timg{n % images}.png\n")
+    return {"rows": rows, "malformed": bad, "distinct_images": min(images, rows)}
+
+
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run(rows: int, images: int, bad_every: int, home: Path, extra: list[str]) -> dict:
+    expected = write_manifest(home / "landing", rows, images, bad_every)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.ingest", "--home", str(home), *extra], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    peak = 0
+    out = []
+    import threading
+
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.25)
+    reader.join(10)
+    seconds = time.perf_counter() - t0
+    text = "".join(out)
+    if proc.returncode:
+        raise SystemExit(f"ingest failed (rc {proc.returncode}):\n{text[-3000:]}")
+    batches = [line for line in text.splitlines() if line.startswith("[ingest] batch")]
+    return {**expected, "seconds": round(seconds, 1), "peak_rss_mib": round(peak / 2**20),
+            "micro_batches": len(batches), "log": batches}
+
+
+def check(home: Path, expected: dict) -> dict:
+    """Counts from the tables, read in a fresh session after the job ended."""
+    from lakehouse.config import load_settings
+    from lakehouse.ingest import totals
+    from lakehouse.spark import get_spark
+
+    from pyspark.sql import functions as F
+
+    from lakehouse.tables import read
+
+    s = load_settings(home=home)
+    spark = get_spark(s, "big-manifest-check")
+    t = totals(spark, s)
+    cc = t["per_source"]["cc"]
+    log = read(spark, s.tables, "ingest_log").agg(F.count("*").alias("n"), F.max("inputs").alias("largest")).first()
+    return {"inputs": cc["inputs"], "bronze_images": t["bronze_images"], "quarantine": t["quarantine"],
+            "fetch_batches": log["n"], "largest_batch_inputs": log["largest"],
+            "all_accounted": cc["inputs"] == expected["rows"]
+            and cc["new_images"] + cc["duplicates"] + cc["quarantined"] == expected["rows"]
+            and t["quarantine"].get("malformed_record", 0) == expected["malformed"]}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--bad-every", type=int, default=1000)
+    p.add_argument("--home", type=Path, default=None, help="FLD_HOME to use (default: a new temporary folder)")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("extra", nargs="*", help="more arguments for jobs.ingest")
+    a = p.parse_args(argv)
+    home = a.home or Path(tempfile.mkdtemp(prefix="fld-big-"))
+    res = run(a.rows, a.images, a.bad_every, home, a.extra)
+    res.update(check(home, res))
+    res["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
+    print(json.dumps(res, indent=1))
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
