@@ -2,7 +2,8 @@
 
 A Conceptual Captions-style TSV of ``--rows`` lines lands as ONE file.  Every line names one of
 ``--images`` small PNGs in the same folder (so most rows are duplicates and the run measures the
-pipeline, not disk space); every ``--bad-every``-th line is malformed and must be quarantined.
+pipeline, not disk space); a ``--malformed`` fraction of the lines, spread evenly, is malformed and
+must be quarantined.
 The ingest job runs as a subprocess (``python -m jobs.ingest``) while this script samples the resident
 memory of its whole process tree; then it checks that every row is accounted for and reads the size of
 the largest fetch micro-batch from ``ingest_log``.  Settings come from ``FLD_*`` variables as usual
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def write_manifest(landing: Path, rows: int, images: int, bad_every: int) -> dict:
+def write_manifest(landing: Path, rows: int, images: int, malformed: float) -> dict:
     from PIL import Image
 
     src = landing / "cc" / "big"
@@ -40,12 +41,12 @@ def write_manifest(landing: Path, rows: int, images: int, bad_every: int) -> dic
     bad = 0
     with open(src / "manifest.tsv", "w") as f:
         for n in range(rows):
-            if bad_every and n % bad_every == bad_every - 1:
+            if int((n + 1) * malformed) > int(n * malformed):
                 f.write(f"a line without a tab {n}\n")
                 bad += 1
             else:
-                f.write(f"shape number {n}\timg{n % images}.png\n")
-    return {"rows": rows, "malformed": bad, "distinct_images": min(images, rows)}
+                f.write(f"shape number {n}\timg{(n - bad) % images}.png\n")
+    return {"rows": rows, "malformed": bad, "distinct_images": min(images, rows - bad)}
 
 
 def tree_rss(pid: int) -> int:
@@ -65,8 +66,8 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run(rows: int, images: int, bad_every: int, home: Path, extra: list[str]) -> dict:
-    expected = write_manifest(home / "landing", rows, images, bad_every)
+def run(rows: int, images: int, malformed: float, home: Path, extra: list[str]) -> dict:
+    expected = write_manifest(home / "landing", rows, images, malformed)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "jobs.ingest", "--home", str(home), *extra], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -116,13 +117,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--images", type=int, default=200)
-    p.add_argument("--bad-every", type=int, default=1000)
+    p.add_argument("--malformed", type=float, default=0.001, help="fraction of lines that are malformed")
     p.add_argument("--home", type=Path, default=None, help="FLD_HOME to use (default: a new temporary folder)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("extra", nargs="*", help="more arguments for jobs.ingest")
     a = p.parse_args(argv)
     home = a.home or Path(tempfile.mkdtemp(prefix="fld-big-"))
-    res = run(a.rows, a.images, a.bad_every, home, a.extra)
+    res = run(a.rows, a.images, a.malformed, home, a.extra)
     res.update(check(home, res))
     res["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
     print(json.dumps(res, indent=1))
