@@ -338,3 +338,22 @@ def test_a_large_coco_json_is_parsed_in_flat_memory(tmp_path):
     assert res["file_mib"] > 12 and res["json.load"]["above_imports_mib"] > 3 * res["file_mib"]
     # a fixed ceiling: a read buffer and SQLite's page cache (15 MiB measured at 16 and at 80 MB files)
     assert res["adapter"]["above_imports_mib"] < 32, res
+
+
+def test_json_arrays_stream_across_read_boundaries(tmp_path, monkeypatch):
+    """``iter_arrays`` gives what ``json.load`` gives, whatever the read size cuts through (numbers,
+    strings with brackets and escapes, nested arrays), and refuses broken documents."""
+    from lakehouse.sources import jsonstream
+
+    doc = {"info": {"a": [1, [2, 3]], "s": "] } ,"}, "images": [{"id": 12345, "file_name": "x \"]}\" y.png"},
+           {"id": -1.5e3, "u": "\u00e9\u4e2d"}], "empty": [], "annotations": [[1, 2.25, [3]], "t", None, True, 99]}
+    path = tmp_path / "d.json"
+    path.write_text(" \n" + json.dumps(doc, indent=1) + "\n")
+    for chunk in (1, 2, 3, 7, 64, 1 << 20):
+        monkeypatch.setattr(jsonstream, "CHUNK_CHARS", chunk)
+        got = list(jsonstream.iter_arrays(path, {"images", "annotations", "empty"}))
+        assert got == [("images", x) for x in doc["images"]] + [("annotations", x) for x in doc["annotations"]], chunk
+    for broken in ('{"images": [1, 2', '{"images": 3}', '[1, 2]', '{"images": [1 2]}'):
+        path.write_text(broken)
+        with pytest.raises(ValueError):
+            list(jsonstream.iter_arrays(path, {"images"}))
