@@ -112,6 +112,11 @@ def examples_from_gold(gold: DataFrame, images: DataFrame, mixture: dict, val_fr
 
 
 def write_training_examples(spark, root: TableRoot, df: DataFrame, meta: dict) -> int:
-    """Overwrite the examples table in one commit whose metadata names the source; returns its version."""
-    root.save(df.write.format("delta").mode("overwrite").option("userMetadata", json.dumps(meta)), "training_examples")
+    """Overwrite the examples table in one commit whose metadata names the source; returns its version.
+
+    Rows are stored in ``example_id`` order (a hash, so images and tasks are mixed): readers stream row
+    groups, and in build order a row group holds one image's ~18 examples back to back, so every training
+    batch of the Petastorm source was a single image's tasks."""
+    mixed = df.repartition(spark.sparkContext.defaultParallelism, "example_id").sortWithinPartitions("split", "example_id")
+    root.save(mixed.write.format("delta").mode("overwrite").option("userMetadata", json.dumps(meta)), "training_examples")
     return current_version(spark, root, "training_examples")

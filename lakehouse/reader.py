@@ -76,7 +76,7 @@ def make_reader(sl: DeltaSlice, image_size: int, mean, std, cur_shard: int | Non
                          removed_fields=["content"])
     return make_batch_reader(list(sl.files), schema_fields=list(FIELDS), reader_pool_type=pool,
                              workers_count=workers, num_epochs=1, cur_shard=cur_shard, shard_count=shard_count,
-                             shuffle_row_groups=True, seed=seed, transform_spec=spec)
+                             shuffle_row_groups=True, shuffle_rows=True, seed=seed, transform_spec=spec)
 
 
 def iterate_rows(reader):

@@ -289,6 +289,18 @@ def test_ocr_specialists_on_real_words(real_dev, dataset, engine_name, floor):
     assert f1 >= floor
 
 
+def test_ocr_engines_take_one_core_each_by_default():
+    """Spark runs one image per core; an engine that also spreads over every core oversubscribes them
+    (Tesseract on a FUNSD form: 2.1 s with OpenMP's default threads, 1.0 s with one)."""
+    rapid, tess = (from_config([{"type": t}])[0] for t in ("rapidocr", "tesseract"))
+    engine = rapid.model()
+    for part in (engine.text_det.infer, engine.text_cls.infer, engine.text_rec.session):
+        assert part.session.get_session_options().intra_op_num_threads == 1
+    assert engine.text_det.limit_type == "min"  # small images are still scaled up: the synthetic words need it
+    assert tess.threads == 1
+    assert from_config([{"type": "rapidocr", "threads": 0}])[0].model().text_rec.session.session.get_session_options().intra_op_num_threads == 0
+
+
 def test_gold_merged_without_its_rounds_row_is_not_read(spark, engine):
     """A crash between publishing gold and writing the `rounds` row leaves gold rows that no
     reader sees: training refuses the round, and round 1 still reads at its pinned version."""

@@ -65,6 +65,10 @@ def test_petastorm_reads_exactly_the_pinned_version(spark, pinned):
     assert len(rows) == sl.rows and rows[0]["pixel_values"].shape == (3, 64, 64)
     ids = {r["example_id"] for r in rows}
     assert ids == {r.example_id for r in read(spark, root, "training_examples", version=v).filter("split = 'train'").collect()}
+    # rows arrive mixed across images: in build order every 8 consecutive rows were one or two images' tasks
+    image_of = {r.example_id: r.image_id for r in read(spark, root, "training_examples", version=v).collect()}
+    windows = [{image_of[r["example_id"]] for r in rows[i:i + 8]} for i in range(0, len(rows) - 7, 8)]
+    assert sum(len(w) for w in windows) / len(windows) >= 5, [len(w) for w in windows]
     # a newer version does not leak into the pinned file list
     write_training_examples(spark, root, read(spark, root, "training_examples", version=v).limit(3), {"test": 2})
     assert delta_slice(spark, root, v, "train") == sl
