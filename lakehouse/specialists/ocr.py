@@ -83,7 +83,7 @@ class RapidOCRSpecialist(Specialist):
     Tesseract's.  ``det_max_side``: the text detector sees the image with its longer side at most this.
     0 (default) keeps the engine's own rule, which scales a shorter side under 736 up to 736: it costs 5-7x
     on small images and is what finds the synthetic world's words (recall 1.0 against 0.82 at the
-    image's own 320 px; ``bench/specialists_real.py``)."""
+    image's own 320 px: ``bench/specialists_real.py --entry '{"type": "rapidocr", "det_max_side": 960}'``)."""
 
     name = "rapidocr"
     kinds = ("word",)
