@@ -69,33 +69,31 @@ def targets(scenes, categories):
     return heat, cells, sizes, offs, mask
 
 
-class VisionTowerDetector:
+def vision_tower_detector(c: int, size: str):
     """The heads on Florence-2's projected visual tokens (the ones the encoder and decoder see)."""
+    import torch
+    import torch.nn as nn
 
-    def __new__(cls, c: int, size: str):
-        import torch
-        import torch.nn as nn
+    from florence2 import modeling
+    from florence2.tokenization import build_tokenizer
 
-        from florence2 import modeling
-        from florence2.tokenization import build_tokenizer
+    model, proc = modeling.create(size, build_tokenizer(["a circle"], vocab_size=300))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (proc.image_mean, proc.image_std))
 
-        model, proc = modeling.create(size, build_tokenizer(["a circle"], vocab_size=300))
-        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (proc.image_mean, proc.image_std))
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision, self.projector = model.model.vision_tower, model.model.multi_modal_projector
+            self.head = nn.Conv2d(model.config.text_config.d_model, c + 4, 1)
+            self.head.bias.data[:c] = -2.19
 
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.vision, self.projector = model.model.vision_tower, model.model.multi_modal_projector
-                self.head = nn.Conv2d(model.config.text_config.d_model, c + 4, 1)
-                self.head.bias.data[:c] = -2.19
+        def forward(self, x):
+            feats = self.projector(self.vision((x - mean) / std).last_hidden_state)[:, 1:]  # drop the pooled token
+            b, n, d = feats.shape
+            g = int(n ** 0.5)
+            return self.head(feats.transpose(1, 2).reshape(b, d, g, g))
 
-            def forward(self, x):
-                feats = self.projector(self.vision((x - mean) / std).last_hidden_state)[:, 1:]  # drop the pooled token
-                b, n, d = feats.shape
-                g = int(n ** 0.5)
-                return self.head(feats.transpose(1, 2).reshape(b, d, g, g))
-
-        return Net()
+    return Net()
 
 
 def make_model(c: int):
@@ -173,9 +171,8 @@ def main():
     if args.backbone != "cnn":
         import dataclasses
 
-        from florence2.modeling import SIZES
+        from florence2.modeling import SIZES, make_config
         from florence2.processing import num_image_tokens
-        from florence2.modeling import make_config
 
         size = args.backbone.split("-", 1)[1]
         if args.vision:  # a variant of the preset, registered under its own name for this process only
@@ -195,7 +192,7 @@ def main():
     va_img, va_sc = render(args.val_images, 42)
     heat, cells, sizes, offs, mask = (torch.from_numpy(a) for a in targets(tr_sc, cats))
     gt = [{"image_id": sc.scene_id, "label": o.category, "bbox": o.bbox} for sc in va_sc for o in sc.objects]
-    model = make_model(len(cats)) if args.backbone == "cnn" else VisionTowerDetector(len(cats), args.backbone.split("-", 1)[1])
+    model = make_model(len(cats)) if args.backbone == "cnn" else vision_tower_detector(len(cats), args.backbone.split("-", 1)[1])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     budget = args.minutes * 60
     rng = np.random.default_rng(0)
