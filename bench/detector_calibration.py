@@ -69,8 +69,11 @@ def targets(scenes, categories):
     return heat, cells, sizes, offs, mask
 
 
-def vision_tower_detector(c: int, size: str):
-    """The heads on Florence-2's projected visual tokens (the ones the encoder and decoder see)."""
+def vision_tower_detector(c: int, size: str, init: str = "hf"):
+    """The heads on Florence-2's projected visual tokens (the ones the encoder and decoder see).
+
+    ``init="torch"`` re-initialises the vision tower's convolutions and linear layers with PyTorch's
+    defaults (Kaiming-uniform) instead of transformers' N(0, 0.02)."""
     import torch
     import torch.nn as nn
 
@@ -78,6 +81,10 @@ def vision_tower_detector(c: int, size: str):
     from florence2.tokenization import build_tokenizer
 
     model, proc = modeling.create(size, build_tokenizer(["a circle"], vocab_size=300))
+    if init == "torch":
+        for m in model.model.vision_tower.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.reset_parameters()
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (proc.image_mean, proc.image_std))
 
     class Net(nn.Module):
@@ -104,6 +111,8 @@ def make_model(c: int):
 
     body = nn.Sequential(*block(3, 32, 2), *block(32, 32, 1), *block(32, 64, 2), *block(64, 64, 1),
                          *block(64, 128, 2), *block(128, 128, 1), *block(128, 128, 1))
+    if STRIDE == 16:  # tiny's 8x8 grid
+        body.extend(block(128, 128, 2))
     head = nn.Conv2d(128, c + 4, 1)
     head.bias.data[:c] = -2.19  # CenterNet's prior: heatmaps start near 0.1
     return nn.Sequential(body, head)
@@ -165,10 +174,15 @@ def main():
     p.add_argument("--backbone", default="cnn", help="cnn | florence2-tiny (or any preset: florence2-SIZE)")
     p.add_argument("--vision", nargs="*", default=[],
                    help="overrides of the preset's vision side, e.g. depths=2,2,2,2 embed_dim=32,64,128,256")
+    p.add_argument("--warmup", type=int, default=0, help="steps of linear warm-up before the cosine")
+    p.add_argument("--init", choices=["hf", "torch"], default="hf", help="vision tower initialisation (florence2 backbones)")
+    p.add_argument("--cnn-grid", type=int, choices=[8, 16], default=16, help="the CNN's output grid (tiny's is 8)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     global GRID, STRIDE
-    if args.backbone != "cnn":
+    if args.backbone == "cnn":
+        GRID, STRIDE = args.cnn_grid, SIZE // args.cnn_grid
+    else:
         import dataclasses
 
         from florence2.modeling import SIZES, make_config
@@ -192,7 +206,7 @@ def main():
     va_img, va_sc = render(args.val_images, 42)
     heat, cells, sizes, offs, mask = (torch.from_numpy(a) for a in targets(tr_sc, cats))
     gt = [{"image_id": sc.scene_id, "label": o.category, "bbox": o.bbox} for sc in va_sc for o in sc.objects]
-    model = make_model(len(cats)) if args.backbone == "cnn" else vision_tower_detector(len(cats), args.backbone.split("-", 1)[1])
+    model = make_model(len(cats)) if args.backbone == "cnn" else vision_tower_detector(len(cats), args.backbone.split("-", 1)[1], args.init)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     budget = args.minutes * 60
     rng = np.random.default_rng(0)
@@ -211,7 +225,7 @@ def main():
                 break
         idx = torch.from_numpy(rng.choice(len(tr_img), args.batch, replace=False))
         for g in opt.param_groups:  # cosine over the time budget, as the recipe's max_minutes
-            g["lr"] = args.lr * 0.5 * (1 + np.cos(np.pi * min(elapsed / budget, 1.0)))
+            g["lr"] = args.lr * 0.5 * (1 + np.cos(np.pi * min(elapsed / budget, 1.0))) * min(1.0, (step + 1) / (args.warmup + 1))
         out = model(torch.from_numpy(tr_img[idx.numpy()]).float() / 255)
         loss = loss_fn(out, heat[idx], cells[idx], sizes[idx], offs[idx], mask[idx], len(cats))
         opt.zero_grad()
@@ -220,7 +234,7 @@ def main():
         step += 1
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
            "backbone": args.backbone, "vision_overrides": args.vision, "images": args.images, "val_images": args.val_images, "input": f"{SIZE}x{SIZE}, grid {GRID}x{GRID}",
-           "batch": args.batch, "lr": args.lr, "minutes": args.minutes, "curve": curve}
+           "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "init": args.init, "minutes": args.minutes, "curve": curve}
     out_path.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 

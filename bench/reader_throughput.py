@@ -1,7 +1,9 @@
 """Petastorm reader alone: rows/s over the pinned train split of training_examples, decoding and
-preprocessing in the reader's workers (no model).  Run after `make demo` (or any jobs.train).
+preprocessing per batch as the trainer's source does (no model), its peak memory, and a plain
+pyarrow + PIL loop over the same files.  Run after `make demo` (or any jobs.train), or on the
+realistic-size table of `bench/scale.py --realistic` (``FLD_HOME`` of that run).
 
-    .venv/bin/python bench/reader_throughput.py --image-size 128 --pool process --workers 2
+    .venv/bin/python bench/reader_throughput.py --image-size 768 --pool process --workers 2
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lakehouse.config import load_settings  # noqa: E402
 from florence2.recipe import check_count  # noqa: E402
-from lakehouse.reader import delta_slice, iterate_rows, make_reader  # noqa: E402
+from lakehouse.reader import decoded_batches, delta_slice, image_decoder, iterate_rows, make_reader  # noqa: E402
 from lakehouse.spark import get_spark  # noqa: E402
 from lakehouse.tables import current_version  # noqa: E402
 
@@ -44,11 +46,43 @@ def plain_loop(sl, image_size: int) -> float:
     return round(n / (time.perf_counter() - t0), 1)
 
 
+class PeakRSS:
+    """Peak resident memory of this process and its children (Petastorm's workers), sampled every 0.2 s."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.peak, self.done = 0, threading.Event()
+
+        def watch():
+            me = psutil.Process()
+            while not self.done.wait(0.2):
+                procs = [me] + me.children(recursive=True)
+                rss = 0
+                for p in procs:
+                    try:
+                        rss += p.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+                self.peak = max(self.peak, rss)
+
+        self.thread = threading.Thread(target=watch, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return round(self.peak / 2 ** 30, 2)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--pool", default="process")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="Petastorm workers, and decoding threads")
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "reader_throughput.json"))
     args = p.parse_args()
     s = load_settings()
@@ -57,14 +91,16 @@ def main():
     sl = delta_slice(spark, root, current_version(spark, root, "training_examples"), "train")
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": sl.rows, "files": len(sl.files),
            "image_size": args.image_size}
+    decode = image_decoder(args.image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     for pool in dict.fromkeys([args.pool, "dummy"]):
+        peak = PeakRSS()
         t0 = time.perf_counter()
-        with make_reader(sl, args.image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), pool=pool,
-                         workers=args.workers) as reader:
-            n = sum(1 for _ in iterate_rows(reader))
+        with make_reader(sl, pool=pool, workers=args.workers) as reader:
+            n = sum(len(rows) for _, rows in decoded_batches(iterate_rows(reader), args.batch, decode, args.workers))
         dt = time.perf_counter() - t0
         check_count(n, sl.rows, f"{pool} pool")
         res[f"{pool}_rows_per_s"] = round(n / dt, 1)
+        res[f"{pool}_peak_rss_gb"] = peak.stop()
     res["plain_rows_per_s"] = plain_loop(sl, args.image_size)
     # the dummy pool is Petastorm in this one process: the like-for-like ratio against the plain loop
     res["dummy_over_plain"] = round(res["dummy_rows_per_s"] / res["plain_rows_per_s"], 2)

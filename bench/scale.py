@@ -174,14 +174,15 @@ def _examples(spark, s, images: int, cores: int) -> dict:
 
 def _reader(spark, s, cores: int) -> dict:
     from florence2.recipe import check_count
-    from lakehouse.reader import delta_slice, iterate_rows, make_reader
+    from lakehouse.reader import decoded_batches, delta_slice, image_decoder, iterate_rows, make_reader
     from lakehouse.tables import current_version
 
     root = s.tables
     sl = delta_slice(spark, root, current_version(spark, root, "training_examples"), "train")
     t = time.perf_counter()
-    with make_reader(sl, 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), pool="process", workers=cores) as reader:
-        n = sum(1 for _ in iterate_rows(reader))
+    decode = image_decoder(128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with make_reader(sl, pool="process", workers=cores) as reader:
+        n = sum(len(rows) for _, rows in decoded_batches(iterate_rows(reader), 32, decode, cores))
     dt = time.perf_counter() - t
     check_count(n, sl.rows, "scale reader")
     return {"reader_s": round(dt, 1), "reader_rows_per_s_per_core": round(n / dt / cores, 1)}

@@ -14,7 +14,7 @@ import pytest
 from lakehouse.examples import build_training_examples, write_training_examples
 from lakehouse.ingest import run_ingest
 from florence2.recipe import ShortReadError, check_count
-from lakehouse.reader import delta_slice, iterate_rows, make_reader
+from lakehouse.reader import decoded_batches, delta_slice, image_decoder, iterate_rows, make_reader
 from lakehouse.rounds import RoundConfig, run_round
 from lakehouse.synthetic import write_world
 from lakehouse.tables import read
@@ -59,10 +59,13 @@ def test_examples_split_by_image_and_mixture(spark, pinned):
 
 def test_petastorm_reads_exactly_the_pinned_version(spark, pinned):
     s, root, v, sl, data = pinned
-    rows = []
-    with make_reader(sl, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pool="process", workers=2) as reader:
-        rows = list(iterate_rows(reader))
-    assert len(rows) == sl.rows and rows[0]["pixel_values"].shape == (3, 64, 64)
+    rows, shapes = [], set()
+    with make_reader(sl, pool="process", workers=2) as reader:
+        for pixels, batch in decoded_batches(iterate_rows(reader), 8, image_decoder(64, (0.5,) * 3, (0.5,) * 3)):
+            rows += batch
+            shapes.add(pixels.shape[1:])
+            assert len(pixels) == len(batch)
+    assert len(rows) == sl.rows and shapes == {(3, 64, 64)}
     ids = {r["example_id"] for r in rows}
     assert ids == {r.example_id for r in read(spark, root, "training_examples", version=v).filter("split = 'train'").collect()}
     # rows arrive mixed across images: in build order every 8 consecutive rows were one or two images' tasks
