@@ -43,7 +43,7 @@ class Config:
     seed: int = 0
     source: str = "petastorm"             # petastorm (sharded, decoded in reader workers) | files (fixed order)
     reader_pool: str = "process"
-    reader_workers: int = 2
+    reader_workers: int = 2               # Petastorm workers, and the threads decoding batches ahead
     bf16: str = "auto"                    # auto: bf16 autocast on CUDA only
     # GPU efficiency (issue 11); each leaves the loss unchanged (tests/test_training.py)
     compile: bool = False                 # torch.compile the model (long first steps; worth it on a GPU)
