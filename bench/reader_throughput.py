@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.big_manifest import tree_rss  # noqa: E402
 from lakehouse.config import load_settings  # noqa: E402
 from florence2.recipe import check_count  # noqa: E402
 from lakehouse.reader import decoded_batches, delta_slice, image_decoder, iterate_rows, make_reader  # noqa: E402
@@ -52,21 +53,11 @@ class PeakRSS:
     def __init__(self):
         import threading
 
-        import psutil
-
         self.peak, self.done = 0, threading.Event()
 
         def watch():
-            me = psutil.Process()
             while not self.done.wait(0.2):
-                procs = [me] + me.children(recursive=True)
-                rss = 0
-                for p in procs:
-                    try:
-                        rss += p.memory_info().rss
-                    except psutil.NoSuchProcess:
-                        pass
-                self.peak = max(self.peak, rss)
+                self.peak = max(self.peak, tree_rss(os.getpid()))
 
         self.thread = threading.Thread(target=watch, daemon=True)
         self.thread.start()
