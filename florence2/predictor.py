@@ -158,7 +158,10 @@ class Predictor:
             g = self.model.generate(
                 pixel_values=pixels, input_ids=ids, attention_mask=mask,
                 max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens or None, num_beams=self.num_beams, do_sample=False,
-                output_scores=True, return_dict_in_generate=True, early_stopping=self.num_beams > 1)
+                output_scores=True, return_dict_in_generate=True,
+                # True stops at num_beams finished hypotheses: short wrong answers then beat a
+                # long detection list still running (the Florence-2 model card uses False too)
+                early_stopping=False)
             lp = self.model.compute_transition_scores(
                 g.sequences, g.scores, getattr(g, "beam_indices", None), normalize_logits=self.num_beams == 1)
         return g.sequences[:, 1:].cpu().numpy(), lp.float().cpu().numpy()
