@@ -272,7 +272,10 @@ def region_losses(model, out, targets: dict, cfg: Config):
         ce = F.cross_entropy(model.lm_head(enc).float().transpose(1, 2), cells, ignore_index=-100, reduction="none")
         cell_term = _per_example_mean(ce, cells != -100)
     attn_term = zero
-    if cfg.region_attention > 0 and out.cross_attentions:
+    if cfg.region_attention > 0:
+        if not out.cross_attentions:  # SDPA returns none, and the term would silently be 0
+            raise RuntimeError("region_attention > 0 needs attention weights: call "
+                               "model.set_attn_implementation('eager') first (SDPA returns none)")
         # mean over layers and heads of the attention paid to each grid token
         att = torch.stack([c[..., first:first + n] for c in out.cross_attentions]).float().mean((0, 2))
         attn_term = _per_example_mean(-torch.log((att * where.float()).sum(-1) + 1e-6), where.any(-1))
