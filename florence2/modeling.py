@@ -57,7 +57,7 @@ def make_config(size: str, vocab_size: int, image_token_id: int, pad_token_id=1,
     return Florence2Config(text_config=text, vision_config=vision, image_token_id=image_token_id)
 
 
-def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True):
+def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True, positions: str = "grid"):
     """A randomly initialised model of a named size, and its processor.
 
     ``scratch_init`` gives the two image-side position signals a structure a
@@ -70,13 +70,14 @@ def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True):
                       tokenizer.bos_token_id, tokenizer.eos_token_id)
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(cfg)
+    image_size = SIZES[size].image_size
+    n_tokens = num_image_tokens(image_size, cfg.vision_config)
     if scratch_init:
-        init_for_scratch(model, tokenizer)
+        init_for_scratch(model, tokenizer, positions, int(round(math.sqrt(n_tokens - 1))))
     model.generation_config.decoder_start_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    image_size = SIZES[size].image_size
-    proc = Processor(tokenizer, image_size, num_image_tokens(image_size, cfg.vision_config))
+    proc = Processor(tokenizer, image_size, n_tokens)
     return model, proc
 
 
@@ -100,27 +101,39 @@ def _sinusoid(positions, dim: int, max_period: float):
     return out
 
 
-def init_for_scratch(model, tokenizer) -> None:
+LOC_PERIOD = 2000.0  # the <loc_k> sinusoids' longest period, in bins
+
+
+def init_for_scratch(model, tokenizer, positions: str = "grid", grid: int = 0) -> None:
     """Initialisation that lets a model trained from scratch localise.
 
     - The DaViT grid's 2D position embeddings start as sinusoids at the scale of
       the visual features.  At the default N(0, 0.02) they are ~50x smaller than
       the features, so the text side cannot tell where an image token is.
+      ``positions="grid"``: sinusoids of the grid index; ``"bins"``: sinusoids of
+      the cell centre in location bins at the ``<loc_k>`` frequencies, so that a
+      column's embedding is (half of) the embedding of its centre's ``<loc_k>``
+      and reading a position out is a linear map (``grid``: cells per side).
     - ``<loc_k>`` embeddings (tied with the output layer) start as sinusoids of
       k, so neighbouring bins start close and a near miss already earns gradient.
     """
     import torch
 
+    if positions not in ("grid", "bins") or (positions == "bins" and grid < 1):
+        raise ValueError(f"positions must be 'grid', or 'bins' with the grid size; got {positions!r}, {grid}")
     with torch.no_grad():
         pe = model.model.multi_modal_projector.image_position_embed
         for emb in (pe.row_embeddings, pe.column_embeddings):
             n, d = emb.weight.shape
-            emb.weight.copy_(_sinusoid(torch.arange(n), d, 100.0))
+            if positions == "bins":
+                emb.weight.copy_(_sinusoid((torch.arange(n) + 0.5) * 1000.0 / grid, d, LOC_PERIOD))
+            else:
+                emb.weight.copy_(_sinusoid(torch.arange(n), d, 100.0))
         rng = loc_token_range(tokenizer)
         if rng:
             w = model.get_input_embeddings().weight
             d = w.shape[1]
-            w[rng[0]:rng[1]] = _sinusoid(torch.arange(1000), d, 2000.0) * w.std()
+            w[rng[0]:rng[1]] = _sinusoid(torch.arange(1000), d, LOC_PERIOD) * w.std()
 
 
 def save(model, processor: Processor, path) -> None:

@@ -66,6 +66,11 @@ class Config:
                                           # through the tied output layer (background tokens predict </s>)
     region_attention: float = 1.0         # the decoder's cross-attention, while it writes a box and its
                                           # label, is pulled onto the image tokens inside that box
+    region_edges: bool = False            # ... and while it writes x0 / y0 / x1 / y1, onto the box's
+                                          # left column / top row / right column / bottom row only
+    region_cells_balanced: bool = False   # the cell term averages object and background cells apart (most
+                                          # cells are background, whose easy term otherwise drowns the shapes)
+    scratch_positions: str = "grid"       # florence2.modeling.init_for_scratch: grid | bins
 
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
@@ -226,7 +231,24 @@ def _per_example_mean(values, mask):
     return ((values * m).sum(1) / m.sum(1).clamp(min=1)).mean()
 
 
-def region_targets(input_ids, labels, loc_range, text_config, image_token_id: int) -> dict | None:
+def edge_cells(mask, grid: int):
+    """The cells of a box mask (``box_cells``) on its left column, top row, right column and bottom row:
+    where the position of x0, y0, x1 and y1 can be read."""
+    import torch
+
+    m = mask.view(grid, grid)
+    rows, cols = torch.nonzero(m, as_tuple=True)
+    out = []
+    for axis, pick in ((cols, cols.min()), (rows, rows.min()), (cols, cols.max()), (rows, rows.max())):
+        e = torch.zeros_like(m)
+        keep = axis == pick
+        e[rows[keep], cols[keep]] = True
+        out.append(e.flatten())
+    return out
+
+
+def region_targets(input_ids, labels, loc_range, text_config, image_token_id: int,
+                   edges: bool = False) -> dict | None:
     """The targets of the region terms, built on the host from the batch's token ids (run it before the
     batch moves to the device: parsing boxes on device tensors would sync every step).
 
@@ -254,6 +276,9 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
             m = box_cells(box, grid)
             cells[i][m] = word
             where[i, span] = m
+            if edges:  # the last four positions of a span are its location tokens
+                for pos, e in zip(span[-4:], edge_cells(m, grid)):
+                    where[i, pos] = e
     return {"cells": cells, "where": where, "first": first, "grid": grid}
 
 
@@ -270,7 +295,11 @@ def region_losses(model, out, targets: dict, cfg: Config):
     if cfg.region_cells > 0:
         enc = out.encoder_last_hidden_state[:, first:first + n]
         ce = F.cross_entropy(model.lm_head(enc).float().transpose(1, 2), cells, ignore_index=-100, reduction="none")
-        cell_term = _per_example_mean(ce, cells != -100)
+        if cfg.region_cells_balanced:
+            bg = cells == model.config.text_config.eos_token_id
+            cell_term = _per_example_mean(ce, (cells != -100) & ~bg) + _per_example_mean(ce, bg)
+        else:
+            cell_term = _per_example_mean(ce, cells != -100)
     attn_term = zero
     if cfg.region_attention > 0:
         if not out.cross_attentions:  # SDPA returns none, and the term would silently be 0
@@ -299,7 +328,7 @@ def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | 
     use_regions = loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0)
     if use_regions and regions is None:
         regions = region_targets(inputs["input_ids"].cpu(), inputs["labels"].cpu(), loc_range,
-                                 model.config.text_config, model.config.image_token_id)
+                                 model.config.text_config, model.config.image_token_id, cfg.region_edges)
         regions = regions and {k: v.to(inputs["labels"].device) if hasattr(v, "to") else v for k, v in regions.items()}
     try:
         labels = inputs["labels"]
@@ -328,7 +357,7 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     regions = None
     if loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0):
         regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,
-                                 model_config.image_token_id)
+                                 model_config.image_token_id, cfg.region_edges)
     cuda = device.startswith("cuda")
 
     def move(v):
@@ -425,7 +454,8 @@ class Recipe:
         if cfg.init_from:
             self.model, self.proc = modeling.load(cfg.init_from)
         else:
-            self.model, self.proc = modeling.create(cfg.model_size, tok, seed=cfg.seed, scratch_init=cfg.scratch_init)
+            self.model, self.proc = modeling.create(cfg.model_size, tok, seed=cfg.seed, scratch_init=cfg.scratch_init,
+                                                     positions=cfg.scratch_positions)
         if cfg.region_attention > 0:
             self.model.set_attn_implementation("eager")  # the only implementation that returns attention weights
         self.model.to(self.device).train()

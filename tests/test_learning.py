@@ -38,6 +38,8 @@ def test_trained_model_uses_the_image(trained):
 def test_region_supervision_reads_boxes_from_targets():
     """Boxes come from `text<loc>x4` in any target; quads and polygons give none."""
     import sys
+
+    import torch
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -63,6 +65,45 @@ def test_region_supervision_reads_boxes_from_targets():
     rows, cols = cells.view(8, 8).nonzero().unbind(1)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 6, 1, 4)
     assert int(recipe.box_cells((500, 500, 520, 510), 8).sum()) == 1  # smaller than a cell: its centre cell
+    # region_edges: x0 / y0 / x1 / y1 look at the left column / top row / right column / bottom row
+    edges = [e.view(8, 8).nonzero().unbind(1) for e in recipe.edge_cells(cells, 8)]
+    assert [(sorted(set(r.tolist())), sorted(set(c.tolist()))) for r, c in edges] == [
+        ([2, 3, 4, 5, 6], [1]), ([2], [1, 2, 3, 4]), ([2, 3, 4, 5, 6], [4]), ([6], [1, 2, 3, 4])]
+    batch = proc.batch([], ["<OD>"] * 4, targets)
+    cfg = modeling.create("tiny", tok)[0].config
+    whole, edged = (recipe.region_targets(batch["input_ids"], batch["labels"], modeling.loc_token_range(tok),
+                                          cfg.text_config, cfg.image_token_id, edges=e) for e in (False, True))
+    label_pos, loc_pos = boxes[0][0][2][0], boxes[0][0][2][1:]
+    assert torch.equal(whole["where"][0, label_pos], cells) and torch.equal(edged["where"][0, label_pos], cells)
+    assert all(torch.equal(whole["where"][0, p], cells) for p in loc_pos)
+    assert [torch.equal(edged["where"][0, p], e) for p, e in zip(loc_pos, recipe.edge_cells(cells, 8))] == [True] * 4
+
+
+def test_bins_positions_name_each_cell_by_its_location_token():
+    """scratch_positions=bins: a grid column's (row's) embedding is, at the frequencies they share, the
+    embedding of the <loc_k> at the cell's centre, so reading a position out is a linear map."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    tok = tokenizer()
+    a, b = modeling.loc_token_range(tok)
+    for positions, expect_match in (("bins", True), ("grid", False)):
+        model = modeling.create("tiny", tok, positions=positions)[0]
+        pe = model.model.multi_modal_projector.image_position_embed
+        loc = model.get_input_embeddings().weight[a:b].detach()
+        for emb in (pe.column_embeddings.weight, pe.row_embeddings.weight):
+            d = emb.shape[1]
+            shared = [k for j in range(d // 2) for k in (2 * j * loc.shape[1] // d, 2 * j * loc.shape[1] // d + 1)]
+            nearest = (emb[:8].detach() @ loc[:, shared].T).argmax(1)
+            centres = (torch.arange(8) + 0.5) * 1000 / 8
+            assert ((nearest - centres).abs() <= 1).all().item() is expect_match, (positions, nearest)
+    with pytest.raises(ValueError, match="positions"):
+        modeling.create("tiny", tok, positions="diagonal")
 
 
 @pytest.fixture(scope="module")
