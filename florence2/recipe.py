@@ -86,6 +86,14 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     unknown = set(values) - fields
     if unknown:
         raise SystemExit(f"unknown config keys: {sorted(unknown)}; known: {sorted(fields)}")
+    for f in dataclasses.fields(Config):
+        v = values.get(f.name)
+        # YAML reads 2e-3 (no dot) as a string; numbers are what a numeric key means
+        if isinstance(v, str) and f.type.split(" |")[0] in ("float", "int"):
+            try:
+                values[f.name] = float(v) if f.type.startswith("float") else int(v)
+            except ValueError:
+                raise SystemExit(f"config key {f.name} takes a number ({f.type}), not {v!r}") from None
     return Config(**values)
 
 
@@ -182,8 +190,9 @@ def image_variance_loss(features, floor: float):
 
 
 def target_boxes(labels, loc_range: tuple[int, int], skip_ids) -> list[list[tuple[int, tuple, list[int]]]]:
-    """The boxes a batch of targets names: per example, (first token of the box's text, (x0, y0, x1, y1)
-    in bins, positions in the target of the text and the four location tokens).  Only text followed by
+    """The boxes a batch of targets names: per example, (last token of the box's text, (x0, y0, x1, y1)
+    in bins, positions in the target of the text and the four location tokens).  The last token, so
+    that OD's 'circle' and grounding's 'a red circle' give the image tokens of a circle one name.  Only text followed by
     four location tokens that form a box counts (OD, dense captions, grounding, open-vocabulary
     detection); quads and polygons do not form boxes and are skipped."""
     a, b = loc_range
@@ -205,7 +214,8 @@ def target_boxes(labels, loc_range: tuple[int, int], skip_ids) -> list[list[tupl
             else:
                 locs = []
                 if new:  # the first text token after a box starts the next label
-                    word, span, new = t, [], False
+                    span, new = [], False
+                word = t  # ends as the label's last token: its head noun ('a red circle', 'circle')
                 span.append(pos)
         out.append(boxes)
     return out
@@ -252,7 +262,7 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     """The targets of the region terms, built on the host from the batch's token ids (run it before the
     batch moves to the device: parsing boxes on device tensors would sync every step).
 
-    ``cells`` (B, G*G): the label's first token for each image token inside a target box (larger boxes
+    ``cells`` (B, G*G): the label's last token for each image token inside a target box (larger boxes
     first, so a smaller box in front keeps its cells), ``</s>`` for the others, -100 for examples
     without boxes; ``where`` (B, L, G*G): for each target position that writes a box or its label, the
     image tokens of that box.  ``first``/``grid`` locate the grid among the encoder's tokens."""

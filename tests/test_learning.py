@@ -58,7 +58,8 @@ def test_region_supervision_reads_boxes_from_targets():
     assert [b[1] for b in boxes[0]] == [(100, 200, 600, 900), (500, 500, 520, 510)] and boxes[1:] == [[], [], []]
     first_of = tok.convert_tokens_to_ids
     assert boxes[0][0][0] == tok("circle", add_special_tokens=False).input_ids[0]
-    assert boxes[0][1][0] == tok("red square", add_special_tokens=False).input_ids[0] != first_of("<loc_500>")
+    assert boxes[0][1][0] == tok("red square", add_special_tokens=False).input_ids[-1] != first_of("<loc_500>")
+    assert boxes[0][1][0] != tok("red square", add_special_tokens=False).input_ids[0]   # the head noun, not 'red'
     # positions cover the label and its four location tokens (label position 0 is <s>)
     assert boxes[0][0][2][0] == 1 and len(boxes[0][0][2]) == 5
     cells = recipe.box_cells((100, 200, 600, 900), 8)

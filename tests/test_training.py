@@ -113,6 +113,18 @@ def test_horovod_two_processes_equal_one_process_with_twice_the_batch(pinned, tm
     assert moved > 1e-3 and diff < 2e-4, (moved, diff)
 
 
+def test_config_overrides_parse_numbers_and_name_bad_keys():
+    from florence2.recipe import load_config
+    from lakehouse.training import DEFAULT_CONFIG
+
+    cfg = load_config(DEFAULT_CONFIG, ["lr=2e-3", "max_minutes=1e1", "warmup_steps=150", "region_edges=true"])
+    assert (cfg.lr, cfg.max_minutes, cfg.warmup_steps, cfg.region_edges) == (0.002, 10.0, 150, True)
+    with pytest.raises(SystemExit, match="config key lr takes a number"):
+        load_config(None, ["lr=fast"])
+    with pytest.raises(SystemExit, match="unknown config keys: \\['lrate'\\]"):
+        load_config(None, ["lrate=0.1"])
+
+
 def test_objective_decomposes_over_examples():
     """The recipe's objective on a batch equals the mean of its halves' objectives, gradients included:
     what makes averaging Horovod ranks equal to one process (task loss and region terms)."""
