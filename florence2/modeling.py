@@ -57,7 +57,7 @@ def make_config(size: str, vocab_size: int, image_token_id: int, pad_token_id=1,
     return Florence2Config(text_config=text, vision_config=vision, image_token_id=image_token_id)
 
 
-def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True, positions: str = "grid"):
+def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True, positions: str = "bins"):
     """A randomly initialised model of a named size, and its processor.
 
     ``scratch_init`` gives the two image-side position signals a structure a

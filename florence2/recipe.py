@@ -66,11 +66,11 @@ class Config:
                                           # through the tied output layer (background tokens predict </s>)
     region_attention: float = 1.0         # the decoder's cross-attention, while it writes a box and its
                                           # label, is pulled onto the image tokens inside that box
-    region_edges: bool = False            # ... and while it writes x0 / y0 / x1 / y1, onto the box's
+    region_edges: bool = True             # ... and while it writes x0 / y0 / x1 / y1, onto the box's
                                           # left column / top row / right column / bottom row only
-    region_cells_balanced: bool = False   # the cell term averages object and background cells apart (most
+    region_cells_balanced: bool = True    # the cell term averages object and background cells apart (most
                                           # cells are background, whose easy term otherwise drowns the shapes)
-    scratch_positions: str = "grid"       # florence2.modeling.init_for_scratch: grid | bins
+    scratch_positions: str = "bins"       # florence2.modeling.init_for_scratch: grid | bins
 
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
