@@ -46,7 +46,14 @@ def main():
     p.add_argument("--set", nargs="*", default=[], help="more recipe overrides, key=value (--direct)")
     p.add_argument("--score", default=None, help="score the predictions a --direct run saved where the scoring "
                                                  "tools (Java, pycocotools) were missing, e.g. on a GPU box")
+    p.add_argument("--weight", nargs="*", default=[], metavar="TASK=N",
+                   help="mixture weights (whole examples per scene) over the default, e.g. '<OD>=4' (--direct)")
     args = p.parse_args()
+    for w in args.weight:
+        task, _, n = w.partition("=")
+        if task not in MIXTURE or not n.isdigit():
+            raise SystemExit(f"--weight {w!r}: expected TASK=N with TASK one of {', '.join(MIXTURE)}")
+        MIXTURE[task] = float(n)
     if args.score:
         return score_saved(Path(args.score))
     if args.direct:
@@ -106,7 +113,7 @@ def direct(args):
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
     res = {"machine": name, "mode": "direct (synthetic truth, no lakehouse)", "size": args.size, "images": args.images,
            "val_images": args.val_images, "batch": args.batch, "lr": args.lr,
-           "train_minutes_budget": args.minutes, "config": dataclasses.asdict(cfg), "training": tr,
+           "train_minutes_budget": args.minutes, "mixture": MIXTURE, "config": dataclasses.asdict(cfg), "training": tr,
            "image_ablation": ablation, "wall_s": round(time.time() - t0, 1),
            "predictions": [{"example_id": r["example_id"]} | o for r, o in zip(val, preds)]}
     out = Path(args.out or Path(__file__).parent / "results" / f"learning_report_direct_{args.size}_{device}")
@@ -127,7 +134,8 @@ def score_saved(path: Path) -> None:
     from lakehouse.synthetic import synthetic_rows
 
     res = json.loads(path.read_text())
-    tasks = [t for t, w in MIXTURE.items() if w > 0] + ["<REFERRING_EXPRESSION_SEGMENTATION>"]
+    mixture = res.get("mixture", MIXTURE)
+    tasks = [t for t, w in mixture.items() if w > 0] + ["<REFERRING_EXPRESSION_SEGMENTATION>"]
     val = synthetic_rows(res["val_images"], 42, tasks)
     by_id = {p["example_id"]: p for p in res["predictions"]}
     if [r["example_id"] for r in val] != [p["example_id"] for p in res["predictions"]]:
@@ -164,7 +172,8 @@ def _write_direct(out: Path, res: dict) -> None:
     _write(out, res, f"{res['images']} synthetic scenes (truth, no lakehouse), {res['size']} model, "
                      f"{tr['steps']} steps ({tr['seconds'] / 60:.1f} min, {tr['examples_per_s']:.1f} examples/s, "
                      f"batch {res['batch']}, lr {res['lr']:g}) on {res['machine']}; "
-                     f"validation examples per task: {ev['examples']}")
+                     f"validation examples per task: {ev['examples']}; training mixture (examples per scene): "
+                     f"{ {t: w for t, w in res.get('mixture', MIXTURE).items() if w} }")
 
 
 def _write(out: Path, res: dict, headline: str) -> None:
