@@ -71,6 +71,7 @@ class Config:
     region_cells_balanced: bool = True    # the cell term averages object and background cells apart (most
                                           # cells are background, whose easy term otherwise drowns the shapes)
     scratch_positions: str = "bins"       # florence2.modeling.init_for_scratch: grid | bins
+    vision_lr_scale: float = 1.0          # the vision tower's and projector's rate, as a multiple of lr
 
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
@@ -325,7 +326,19 @@ def make_optimizer(model, cfg: Config, device: str):
     import torch
 
     fused = device.startswith("cuda") if cfg.fused_adamw == "auto" else cfg.fused_adamw in (True, "true")
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=fused or None)
+    groups = [{"params": [p for n, p in model.named_parameters() if not _is_vision(n)], "lr_scale": 1.0}]
+    if cfg.vision_lr_scale != 1.0:
+        groups.append({"params": [p for n, p in model.named_parameters() if _is_vision(n)],
+                       "lr_scale": cfg.vision_lr_scale})
+    else:
+        groups[0]["params"] = list(model.parameters())
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01, fused=fused or None)
+
+
+def _is_vision(name: str) -> bool:
+    return ".vision_tower." in f".{name}" or ".multi_modal_projector." in f".{name}"
 
 
 def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | None = None):
@@ -517,7 +530,7 @@ class Recipe:
         lr = cfg.lr * lr_factor(self.step, cfg, self.dist.allreduce_max(self.minutes(), name=f"minutes_{self.step}")
                                 if cfg.max_minutes else None)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         return lr
 
     def train_epoch(self) -> None:

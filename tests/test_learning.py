@@ -107,6 +107,32 @@ def test_bins_positions_name_each_cell_by_its_location_token():
         modeling.create("tiny", tok, positions="diagonal")
 
 
+def test_vision_lr_scale_gives_the_vision_side_its_own_rate():
+    """vision_lr_scale: the tower and projector in a group of their own at that multiple of the rate, through
+    warm-up and schedule; every parameter in exactly one group."""
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    model = modeling.create("tiny", tokenizer())[0]
+    cfg = recipe.Config(lr=1e-3, vision_lr_scale=3.0, warmup_steps=10, max_steps=100, source="files")
+    opt = recipe.make_optimizer(model, cfg, "cpu")
+    text, vision = opt.param_groups
+    assert {id(p) for p in vision["params"]} == {id(p) for n, p in model.named_parameters() if
+                                                 n.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+    assert len(text["params"]) + len(vision["params"]) == len(list(model.parameters()))
+    assert any(p is model.get_input_embeddings().weight for p in text["params"])  # tied with the output layer
+    rec = recipe.Recipe(cfg, {}, recipe.Dist(False))
+    rec.opt, rec.t0 = opt, time.time()
+    for rec.step in (0, 5, 50):
+        lr = rec._set_lr()
+        assert text["lr"] == pytest.approx(lr) and vision["lr"] == pytest.approx(3 * lr)
+    assert len(recipe.make_optimizer(model, recipe.Config(), "cpu").param_groups) == 1
+
+
 @pytest.fixture(scope="module")
 def trained_od(tmp_path_factory):
     d = tmp_path_factory.mktemp("learn-od")
