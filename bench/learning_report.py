@@ -48,7 +48,16 @@ def main():
                                                  "tools (Java, pycocotools) were missing, e.g. on a GPU box")
     p.add_argument("--weight", nargs="*", default=[], metavar="TASK=N",
                    help="mixture weights (whole examples per scene) over the default, e.g. '<OD>=4' (--direct)")
+    p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
+                   help="curriculum (--direct): train on these tasks' examples alone for MINUTES, then on the whole "
+                        "mixture from that model for the rest of --minutes (same tokenizer, fresh optimizer)")
     args = p.parse_args()
+    if args.first:
+        tasks, _, mins = args.first.partition("=")
+        args.first = ([t for t in tasks.split(",") if t], float(mins or "nan"))
+        if not args.first[0] or set(args.first[0]) - set(MIXTURE) or not 0 < args.first[1] < args.minutes:
+            raise SystemExit(f"--first {tasks}={mins}: expected TASK[,TASK]=MINUTES, tasks from the mixture, "
+                             f"0 < MINUTES < --minutes ({args.minutes:g})")
     for w in args.weight:
         task, _, n = w.partition("=")
         if task not in MIXTURE or not n.isdigit():
@@ -99,9 +108,22 @@ def direct(args):
     overrides = [f"model_size={args.size}", "source=files", f"max_minutes={args.minutes}", "max_steps=1000000",
                  "epochs=1000000", f"batch_size={args.batch}", f"lr={args.lr}", "checkpoint_every=0", "log_every=100",
                  f"output_dir={work / 'run'}"] + args.set
+    phases = []
+    if args.first:  # phase 1 on a subset, with the whole mixture's tokenizer so the model carries over
+        first_tasks, first_min = args.first
+        sub = [r for r in rows if r["task"] in first_tasks]
+        first = write_recipe_data(sub, work / "data_first") | {"tokenizer": data["tokenizer"]}
+        cfg1 = recipe.load_config(None, overrides + [f"max_minutes={first_min}", f"output_dir={work / 'run_first'}"])
+        print(f"[learning] phase 1: {len(sub)} examples of {','.join(first_tasks)} for {first_min:g} min", flush=True)
+        phases.append({"tasks": first_tasks, "minutes": first_min, "training": recipe.train(cfg1, first)})
+        overrides += [f"max_minutes={args.minutes - first_min}", f"init_from={work / 'run_first' / 'model'}"]
     cfg = recipe.load_config(None, overrides)
     print(f"[learning] {len(rows)} training examples from {args.images} scenes, {device}, {overrides}", flush=True)
     tr = recipe.train(cfg, data)
+    if phases:
+        tr = tr | {"phases": phases + [{"tasks": tasks, "minutes": cfg.max_minutes, "training": dict(tr)}],
+                   "steps": tr["steps"] + phases[0]["training"]["steps"],
+                   "seconds": tr["seconds"] + phases[0]["training"]["seconds"]}
     model, proc = modeling.load(work / "run" / "model")
     predictor = Predictor(model, proc, device=device, batch_size=64, max_new_tokens=256)
     preds = predictor.predict([_request(r) for r in val])
@@ -113,7 +135,7 @@ def direct(args):
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
     res = {"machine": name, "mode": "direct (synthetic truth, no lakehouse)", "size": args.size, "images": args.images,
            "val_images": args.val_images, "batch": args.batch, "lr": args.lr,
-           "train_minutes_budget": args.minutes, "mixture": MIXTURE, "config": dataclasses.asdict(cfg), "training": tr,
+           "train_minutes_budget": args.minutes, "mixture": MIXTURE, "first": args.first, "config": dataclasses.asdict(cfg), "training": tr,
            "image_ablation": ablation, "wall_s": round(time.time() - t0, 1),
            "predictions": [{"example_id": r["example_id"]} | o for r, o in zip(val, preds)]}
     out = Path(args.out or Path(__file__).parent / "results" / f"learning_report_direct_{args.size}_{device}")
@@ -173,7 +195,9 @@ def _write_direct(out: Path, res: dict) -> None:
                      f"{tr['steps']} steps ({tr['seconds'] / 60:.1f} min, {tr['examples_per_s']:.1f} examples/s, "
                      f"batch {res['batch']}, lr {res['lr']:g}) on {res['machine']}; "
                      f"validation examples per task: {ev['examples']}; training mixture (examples per scene): "
-                     f"{ {t: w for t, w in res.get('mixture', MIXTURE).items() if w} }")
+                     f"{ {t: w for t, w in res.get('mixture', MIXTURE).items() if w} }"
+                     + (f"; curriculum: {','.join(res['first'][0])} alone for the first {res['first'][1]:g} min"
+                        if res.get("first") else ""))
 
 
 def _write(out: Path, res: dict, headline: str) -> None:
