@@ -19,6 +19,7 @@ class Settings:
     table_root: str = ""
     spark_master: str = "local[2]"
     spark_driver_memory: str = "3g"
+    spark_executor_memory: str = "2g"     # a cluster's executors (local mode runs in the driver)
     shuffle_partitions: int = 4
     # Decompression-bomb guard: images with more pixels are quarantined before decoding.
     max_image_pixels: int = 40_000_000

@@ -138,6 +138,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "fld"):
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
         .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.executor.memory", settings.spark_executor_memory)
         .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
         .config("spark.default.parallelism", str(settings.shuffle_partitions))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
