@@ -57,8 +57,10 @@ def make_config(size: str, vocab_size: int, image_token_id: int, pad_token_id=1,
     return Florence2Config(text_config=text, vision_config=vision, image_token_id=image_token_id)
 
 
-def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True, positions: str = "bins"):
-    """A randomly initialised model of a named size, and its processor.
+def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True, positions: str = "bins",
+           image_size: int | None = None):
+    """A randomly initialised model of a named size, and its processor (``image_size``: another input
+    size than the preset's, in multiples of the grid's cell; the grid grows with it).
 
     ``scratch_init`` gives the two image-side position signals a structure a
     from-scratch model cannot afford to learn first (see ``init_for_scratch``).
@@ -70,7 +72,10 @@ def create(size: str, tokenizer, seed: int = 0, scratch_init: bool = True, posit
                       tokenizer.bos_token_id, tokenizer.eos_token_id)
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(cfg)
-    image_size = SIZES[size].image_size
+    image_size = image_size or SIZES[size].image_size
+    cell = math.prod(cfg.vision_config.patch_stride)
+    if image_size % cell:
+        raise ValueError(f"image_size {image_size} is not a multiple of the {size} grid's cell ({cell} px)")
     n_tokens = num_image_tokens(image_size, cfg.vision_config)
     if scratch_init:
         init_for_scratch(model, tokenizer, positions, int(round(math.sqrt(n_tokens - 1))))

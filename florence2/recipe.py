@@ -29,6 +29,7 @@ import yaml
 @dataclasses.dataclass
 class Config:
     model_size: str = "tiny"
+    image_size: int = 0                   # input size of a fresh model; 0: the size preset's (tiny 128)
     init_from: str | None = None          # a model directory to fine-tune instead of a fresh model
     batch_size: int = 8                   # per rank, per micro-step
     grad_accum: int = 1
@@ -478,7 +479,7 @@ class Recipe:
             self.model, self.proc = modeling.load(cfg.init_from)
         else:
             self.model, self.proc = modeling.create(cfg.model_size, tok, seed=cfg.seed, scratch_init=cfg.scratch_init,
-                                                     positions=cfg.scratch_positions)
+                                                     positions=cfg.scratch_positions, image_size=cfg.image_size or None)
         if cfg.region_attention > 0:
             self.model.set_attn_implementation("eager")  # the only implementation that returns attention weights
         self.model.to(self.device).train()

@@ -133,6 +133,28 @@ def test_vision_lr_scale_gives_the_vision_side_its_own_rate():
     assert len(recipe.make_optimizer(model, recipe.Config(), "cpu").param_groups) == 1
 
 
+def test_image_size_override_grows_the_grid_and_the_region_terms_follow(tmp_path):
+    """image_size=192 on tiny: a 12x12 grid (16-px cells), region targets on that grid, and the saved model
+    loads with its processor at 192 px."""
+    import io
+
+    from PIL import Image
+
+    rows = synthetic_rows(4, 5, ["<OD>"])
+    data = write_recipe_data(rows, tmp_path / "data", vocab_size=600)
+    cfg = recipe.Config(source="files", image_size=192, max_steps=1, batch_size=4, checkpoint_every=0,
+                        output_dir=str(tmp_path / "run"))
+    recipe.train(cfg, data, log=lambda *a: None)
+    model, proc = modeling.load(tmp_path / "run" / "model")
+    assert proc.image_size == 192 and proc.num_image_tokens == 12 * 12 + 1
+    images = [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in rows]
+    _, regions = recipe.prepare_batch(proc, images, [r["prompt"] for r in rows], [r["target"] for r in rows], cfg,
+                                      model.config, modeling.loc_token_range(proc.tokenizer), "cpu")
+    assert regions["grid"] == 12 and regions["cells"].shape == (4, 144)
+    with pytest.raises(ValueError, match="multiple"):
+        modeling.create("tiny", proc.tokenizer, image_size=200)
+
+
 @pytest.fixture(scope="module")
 def trained_od(tmp_path_factory):
     d = tmp_path_factory.mktemp("learn-od")
