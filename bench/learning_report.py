@@ -139,6 +139,7 @@ def direct(args):
            "image_ablation": ablation, "wall_s": round(time.time() - t0, 1),
            "predictions": [{"example_id": r["example_id"]} | o for r, o in zip(val, preds)]}
     out = Path(args.out or Path(__file__).parent / "results" / f"learning_report_direct_{args.size}_{device}")
+    res["od_boxes"] = od_boxes(val, preds)
     try:
         res["evaluation"] = evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val])
     except (ImportError, OSError) as e:  # no Java / pycocotools here: score the saved predictions elsewhere
@@ -164,7 +165,16 @@ def score_saved(path: Path) -> None:
         raise SystemExit(f"{path}: its predictions are not those of the regenerated validation scenes")
     res["evaluation"] = evaluate_examples(_Replay(val, [by_id[r["example_id"]] for r in val]),
                                           [{"image": r["content"], **r} for r in val])
+    res["od_boxes"] = od_boxes(val, [by_id[r["example_id"]] for r in val])
     _write_direct(path.with_suffix(""), res)
+
+
+def od_boxes(val, preds) -> dict:
+    """What AP hides while it is ~0: the greedy <OD> answers' boxes against the truth (``od_levers``' measures)."""
+    from od_levers import answer_scores
+
+    od = [(r, p) for r, p in zip(val, preds) if r["task"] == "<OD>"]
+    return answer_scores([r for r, _ in od], [p["text"] for _, p in od])
 
 
 def _request(r):
@@ -208,6 +218,9 @@ def _write(out: Path, res: dict, headline: str) -> None:
               "| task | own images | shuffled | gap |", "|---|---|---|---|"]
     lines += [f"| {t} | {a['loss_true_images']:.4f} | {a['loss_shuffled_images']:.4f} | {a['gap']:.4f} |"
               for t, a in sorted(res["image_ablation"].items())]
+    if res.get("od_boxes"):
+        lines += ["", "<OD> answers against the truth: " + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in res["od_boxes"].items())]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     out.with_suffix(".md").write_text(f"# Learning report\n\n{headline}\n\n" + "\n".join(lines) + "\n")
