@@ -62,12 +62,13 @@ def teacher_forced(model, proc, val, cfg) -> dict:
     import torch
 
     from florence2 import modeling, recipe
+    from florence2.tokenization import head_tokens
 
     tok, loc = proc.tokenizer, modeling.loc_token_range(proc.tokenizer)
     inputs = proc.batch([], [r["prompt"] for r in val], [r["target"] for r in val]) | {
         "pixel_values": torch.from_numpy(proc.preprocess([r["content"] for r in val]))}
     reg = recipe.region_targets(inputs["input_ids"], inputs["labels"], loc, model.config.text_config,
-                                model.config.image_token_id, cfg.region_edges)
+                                model.config.image_token_id, cfg.region_edges, head_tokens(tok))
     model.set_attn_implementation("eager")
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)

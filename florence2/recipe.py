@@ -260,14 +260,15 @@ def edge_cells(mask, grid: int):
 
 
 def region_targets(input_ids, labels, loc_range, text_config, image_token_id: int,
-                   edges: bool = False) -> dict | None:
+                   edges: bool = False, heads: list[int] | None = None) -> dict | None:
     """The targets of the region terms, built on the host from the batch's token ids (run it before the
     batch moves to the device: parsing boxes on device tensors would sync every step).
 
     ``cells`` (B, G*G): the label's last token for each image token inside a target box (larger boxes
     first, so a smaller box in front keeps its cells), ``</s>`` for the others, -100 for examples
     without boxes; ``where`` (B, L, G*G): for each target position that writes a box or its label, the
-    image tokens of that box.  ``first``/``grid`` locate the grid among the encoder's tokens."""
+    image tokens of that box.  ``first``/``grid`` locate the grid among the encoder's tokens.  ``heads``
+    (``tokenization.head_tokens``) names a cell by its label's word without the leading space."""
     import torch
 
     per_example = target_boxes(labels, loc_range, {text_config.bos_token_id, text_config.eos_token_id,
@@ -286,7 +287,7 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
         cells[i] = text_config.eos_token_id
         for word, box, span in sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1])):
             m = box_cells(box, grid)
-            cells[i][m] = word
+            cells[i][m] = heads[word] if heads else word
             where[i, span] = m
             if edges:  # the last four positions of a span are its location tokens
                 for pos, e in zip(span[-4:], edge_cells(m, grid)):
@@ -342,9 +343,9 @@ def _is_vision(name: str) -> bool:
     return ".vision_tower." in f".{name}" or ".multi_modal_projector." in f".{name}"
 
 
-def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | None = None):
+def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | None = None, heads=None):
     """The training objective of one (micro-)batch: (total, task cross-entropy).  ``regions`` is
-    ``region_targets`` of the batch; without it they are built here from ``inputs``."""
+    ``region_targets`` of the batch; without it they are built here from ``inputs`` (and ``heads``)."""
     captured = []
     hook = None
     if cfg.image_variance > 0:
@@ -352,7 +353,7 @@ def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | 
     use_regions = loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0)
     if use_regions and regions is None:
         regions = region_targets(inputs["input_ids"].cpu(), inputs["labels"].cpu(), loc_range,
-                                 model.config.text_config, model.config.image_token_id, cfg.region_edges)
+                                 model.config.text_config, model.config.image_token_id, cfg.region_edges, heads)
         regions = regions and {k: v.to(inputs["labels"].device) if hasattr(v, "to") else v for k, v in regions.items()}
     try:
         labels = inputs["labels"]
@@ -374,6 +375,8 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     non-blocking copy (from pinned memory on CUDA)."""
     import torch
 
+    from florence2.tokenization import head_tokens
+
     if isinstance(pixels, list):  # decoded images: resize and normalise here (as tensors on a GPU)
         pixels = proc.preprocess_tensor(pixels, device) if device.startswith("cuda") else proc.preprocess(pixels)
     multiple = cfg.pad_multiple or (8 if cfg.compile else 1)
@@ -381,7 +384,7 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     regions = None
     if loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0):
         regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,
-                                 model_config.image_token_id, cfg.region_edges)
+                                 model_config.image_token_id, cfg.region_edges, head_tokens(proc.tokenizer))
     cuda = device.startswith("cuda")
 
     def move(v):

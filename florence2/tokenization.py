@@ -45,3 +45,20 @@ def load_tokenizer(path):
     if getattr(tok, "image_token", None) is None:
         raise ValueError(f"tokenizer at {path} has no image token; expected a converted Florence-2 tokenizer")
     return tok
+
+
+def head_tokens(tok) -> list[int]:
+    """Per token id, the id of the same word without its leading space where the vocabulary has it
+    (byte-level BPE writes ' star' as 'Ġstar', another token than 'star'), else the id itself.  The
+    region-cell term names cells by label tokens: OD's 'star' and grounding's 'a red star' must give
+    the same cells one name, not two."""
+    cached = getattr(tok, "_fld_head_tokens", None)
+    if cached is not None:
+        return cached
+    vocab = tok.get_vocab()
+    heads = list(range(max(len(tok), max(vocab.values()) + 1)))
+    for piece, i in vocab.items():
+        if piece.startswith("\u0120") and len(piece) > 1 and piece[1:] in vocab:
+            heads[i] = vocab[piece[1:]]
+    tok._fld_head_tokens = heads
+    return heads

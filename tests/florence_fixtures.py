@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 from florence2.targets import build_examples, from_synthetic
+from florence2.tokenization import head_tokens
 from lakehouse.synthetic import generate
 
 
@@ -68,7 +69,8 @@ def train_eight(max_steps: int, stop_loss: float):
     cfg = recipe.Config(loc_sigma=0.0)
     model.train()
     for _ in range(max_steps):
-        total, ce = recipe.step_loss(model, batch, cfg, modeling.loc_token_range(proc.tokenizer))
+        total, ce = recipe.step_loss(model, batch, cfg, modeling.loc_token_range(proc.tokenizer),
+                                     heads=head_tokens(proc.tokenizer))
         opt.zero_grad()
         total.backward()
         opt.step()

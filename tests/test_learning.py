@@ -80,6 +80,30 @@ def test_region_supervision_reads_boxes_from_targets():
     assert [torch.equal(edged["where"][0, p], e) for p, e in zip(loc_pos, recipe.edge_cells(cells, 8))] == [True] * 4
 
 
+def test_a_shape_names_its_cells_alike_in_od_and_grounding():
+    """OD's 'circle' and grounding's 'a red circle' (' circle', another BPE token) give the cells one name."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    from florence2.locations import box_tokens
+    from florence2.tokenization import head_tokens
+
+    tok = tokenizer()
+    model, proc = modeling.create("tiny", tok)
+    box = box_tokens([10, 20, 60, 90], (100, 100))
+    batch = proc.batch([], ["<OD>", "<CAPTION_TO_PHRASE_GROUNDING>"], ["circle" + box, "a red circle" + box])
+    args = (batch["input_ids"], batch["labels"], modeling.loc_token_range(tok), model.config.text_config,
+            model.config.image_token_id)
+    inside = recipe.box_cells((100, 200, 600, 900), 8)
+    plain = recipe.region_targets(*args)["cells"][:, inside]
+    assert plain[0, 0] != plain[1, 0]  # without the map: 'circle' vs 'Gcircle'
+    named = recipe.region_targets(*args, heads=head_tokens(tok))["cells"][:, inside]
+    assert (named == tok.convert_tokens_to_ids("circle")).all()
+
+
 def test_bins_positions_name_each_cell_by_its_location_token():
     """scratch_positions=bins: a grid column's (row's) embedding is, at the frequencies they share, the
     embedding of the <loc_k> at the cell's centre, so reading a position out is a linear map."""
