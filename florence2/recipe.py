@@ -328,14 +328,10 @@ def make_optimizer(model, cfg: Config, device: str):
     import torch
 
     fused = device.startswith("cuda") if cfg.fused_adamw == "auto" else cfg.fused_adamw in (True, "true")
-    groups = [{"params": [p for n, p in model.named_parameters() if not _is_vision(n)], "lr_scale": 1.0}]
-    if cfg.vision_lr_scale != 1.0:
-        groups.append({"params": [p for n, p in model.named_parameters() if _is_vision(n)],
-                       "lr_scale": cfg.vision_lr_scale})
-    else:
-        groups[0]["params"] = list(model.parameters())
-    for g in groups:
-        g["lr"] = cfg.lr * g["lr_scale"]
+    vision = [p for n, p in model.named_parameters() if _is_vision(n)] if cfg.vision_lr_scale != 1.0 else []
+    rest = [p for p in model.parameters() if all(p is not v for v in vision)]
+    groups = [{"params": ps, "lr_scale": scale, "lr": cfg.lr * scale}
+              for ps, scale in ((rest, 1.0), (vision, cfg.vision_lr_scale)) if ps]
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01, fused=fused or None)
 
 
