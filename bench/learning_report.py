@@ -54,7 +54,10 @@ def main():
     args = p.parse_args()
     if args.first:
         tasks, _, mins = args.first.partition("=")
-        args.first = ([t for t in tasks.split(",") if t], float(mins or "nan"))
+        try:
+            args.first = ([t for t in tasks.split(",") if t], float(mins))
+        except ValueError:
+            args.first = ([], float("nan"))
         if not args.first[0] or set(args.first[0]) - set(MIXTURE) or not 0 < args.first[1] < args.minutes:
             raise SystemExit(f"--first {tasks}={mins}: expected TASK[,TASK]=MINUTES, tasks from the mixture, "
                              f"0 < MINUTES < --minutes ({args.minutes:g})")
