@@ -236,11 +236,13 @@ def _ablation(home, tr, per_task: int = 32) -> dict:
     from florence2.recipe import Config
     from lakehouse.config import load_settings
     from lakehouse.spark import get_spark
+    from lakehouse.examples import example_rows
     from lakehouse.tables import read
 
     s = load_settings(home=home)
-    rows = (read(get_spark(s), s.tables, "training_examples", version=tr["examples_version"])
-            .filter("split = 'val'").select("task", "prompt", "target", "content").orderBy("example_id").collect())
+    rows = (example_rows(read(get_spark(s), s.tables, "training_examples", version=tr["examples_version"])
+                         .filter("split = 'val'"), True)
+            .select("task", "prompt", "target", "content").orderBy("example_id").collect())
     model, proc = modeling.load(tr["model_dir"])
     out = {}
     for task in sorted({r.task for r in rows}):

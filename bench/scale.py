@@ -161,20 +161,23 @@ def _round(spark, s, specialists: str, images: int, cores: int) -> dict:
 
 
 def _examples(spark, s, images: int, cores: int) -> dict:
-    from lakehouse.examples import build_training_examples, write_training_examples
+    from lakehouse.examples import build_training_examples, example_count, write_training_examples
     from lakehouse.tables import read
 
     root = s.tables
     t = time.perf_counter()
     version = write_training_examples(spark, root, build_training_examples(spark, root, round_=1), {"fld_round": 1})
     dt = time.perf_counter() - t
-    rows = read(spark, root, "training_examples", version=version).count()
-    return {"examples_s": round(dt, 1), "examples": rows, "examples_images_per_s_per_core": round(images / dt / cores, 2)}
+    table = read(spark, root, "training_examples", version=version)
+    size = spark.sql(f"DESCRIBE DETAIL {root.ident('training_examples')}").collect()[0]["sizeInBytes"]
+    return {"examples_s": round(dt, 1), "examples": example_count(table), "examples_table_rows": table.count(),
+            "examples_table_mb": round(size / 2 ** 20, 1),
+            "examples_images_per_s_per_core": round(images / dt / cores, 2)}
 
 
 def _reader(spark, s, cores: int) -> dict:
     from florence2.recipe import check_count
-    from lakehouse.reader import decoded_batches, delta_slice, image_decoder, iterate_rows, make_reader
+    from lakehouse.reader import delta_slice, example_batches, image_decoder, iterate_rows, make_reader
     from lakehouse.tables import current_version
 
     root = s.tables
@@ -182,10 +185,11 @@ def _reader(spark, s, cores: int) -> dict:
     t = time.perf_counter()
     decode = image_decoder(128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     with make_reader(sl, pool="process", workers=cores) as reader:
-        n = sum(len(rows) for _, rows in decoded_batches(iterate_rows(reader), 32, decode, cores))
+        n = sum(len(exs) for _, exs in example_batches(iterate_rows(reader), 32, decode, cores))
     dt = time.perf_counter() - t
     check_count(n, sl.rows, "scale reader")
-    return {"reader_s": round(dt, 1), "reader_rows_per_s_per_core": round(n / dt / cores, 1)}
+    return {"reader_s": round(dt, 1), "reader_rows_per_s_per_core": round(n / dt / cores, 1),
+            "reader_images_per_s_per_core": round(sl.images / dt / cores, 1)}
 
 
 def _plot(res: dict, path: Path) -> None:

@@ -396,40 +396,45 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
 
 @dataclasses.dataclass(frozen=True)
 class EpochEnd:
-    """What a batch source yields after its last batch: the rows this rank read in the epoch."""
+    """What a batch source yields after its last batch: the examples this rank read in the epoch."""
     rows: int
 
 
 def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
-    """Fixed global order: global batch k is rows [k*B*size, (k+1)*B*size); rank r takes its slice.
-    Yields decoded images (``prepare_batch`` resizes them, on the GPU when there is one); a thread
-    decodes the next batch while the current one trains."""
+    """Fixed global order of examples (by ``example_id``): global batch k is examples [k*B*size,
+    (k+1)*B*size); rank r takes its slice.  The files hold one row per image with its examples as a JSON
+    list (``lakehouse.tables.EXAMPLE``).  Yields decoded images, each image decoded once per batch
+    (``prepare_batch`` resizes them, on the GPU when there is one); a thread decodes the next batch while
+    the current one trains."""
     import io
+    import json
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.parquet as pq
     from PIL import Image
 
-    rows = []
+    contents, examples = [], []
     for f in data["files"]:
-        rows += pq.read_table(f.replace("file:", "", 1) if f.startswith("file:") else f,
-                              columns=["example_id", "prompt", "target", "content"]).to_pylist()
-    rows.sort(key=lambda r: r["example_id"])
+        for r in pq.read_table(f.replace("file:", "", 1) if f.startswith("file:") else f,
+                               columns=["examples", "content"]).to_pylist():
+            examples += [(e["example_id"], len(contents), e["prompt"], e["target"]) for e in json.loads(r["examples"])]
+            contents.append(r["content"])
+    examples.sort()
     global_b = cfg.batch_size * dist.size
 
     def load(k):
-        part = rows[k * global_b + dist.rank * cfg.batch_size: k * global_b + (dist.rank + 1) * cfg.batch_size]
-        images = [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in part]
-        return images, [r["prompt"] for r in part], [r["target"] for r in part]
+        part = examples[k * global_b + dist.rank * cfg.batch_size: k * global_b + (dist.rank + 1) * cfg.batch_size]
+        decoded = {i: Image.open(io.BytesIO(contents[i])).convert("RGB") for i in {e[1] for e in part}}
+        return [decoded[e[1]] for e in part], [e[2] for e in part], [e[3] for e in part]
 
-    n = len(rows) // global_b
+    n = len(examples) // global_b
     with ThreadPoolExecutor(1) as pool:
         ahead = pool.submit(load, 0) if n else None
         for k in range(n):
             item = ahead.result()
             ahead = pool.submit(load, k + 1) if k + 1 < n else None
             yield item
-    yield EpochEnd(len(rows) if dist.rank == 0 else 0)
+    yield EpochEnd(len(examples) if dist.rank == 0 else 0)
 
 
 class ShortReadError(RuntimeError):
@@ -438,7 +443,7 @@ class ShortReadError(RuntimeError):
 
 def check_count(read_rows: int, expected: int, what: str) -> None:
     if read_rows != expected:
-        raise ShortReadError(f"{what}: read {read_rows} rows, the Delta version holds {expected}")
+        raise ShortReadError(f"{what}: read {read_rows} examples, the Delta version holds {expected}")
 
 
 # source name -> batches(data, cfg, dist, epoch, proc): yields (pixels or images, prompts, targets) per

@@ -65,11 +65,12 @@ def coco_folder_examples(folder: Path, limit: int | None = None) -> list[dict]:
 def validation_examples(spark, settings: Settings, version: int | None, limit: int,
                         synthetic_referring: bool = False) -> tuple[list[dict], int]:
     """(examples, version): the val split of ``training_examples`` at ``version`` (default: latest)."""
+    from lakehouse.examples import example_rows
     from lakehouse.tables import current_version, read
 
     root = settings.tables
     version = version if version is not None else current_version(spark, root, "training_examples")
-    rows = (read(spark, root, "training_examples", version=version).filter("split = 'val'")
+    rows = (example_rows(read(spark, root, "training_examples", version=version).filter("split = 'val'"), True)
             .orderBy("example_id").limit(limit).collect())
     exs = [dict(r.asDict(), image=bytes(r.content)) for r in rows]
     if synthetic_referring:

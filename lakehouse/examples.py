@@ -1,7 +1,8 @@
 """Training examples for the prompt tasks, built from FLD at a pinned round or Delta version.
 
-Each published FLD row becomes (image, task, prompt, target) examples for every
-task its annotations support (``florence2.targets``).  Task mixture weights scale
+Each published FLD row becomes one ``training_examples`` row: the image once, and its
+(task, prompt, target) examples for every task its annotations support
+(``florence2.targets``), which readers sample from after decoding the image once.  Task mixture weights scale
 how many examples of a task are kept (0 drops the task; 0.5 keeps about half, by a
 stable hash; 2 repeats each twice).  The train/validation split is keyed on the
 image hash, so an image and all its examples are on one side, whatever the round.
@@ -61,18 +62,48 @@ def _examples(mixture: dict, val_fraction: float, round_: int, batches):
         rows = []
         for row in parse_json_columns(pdf, DEEP_COLUMNS).to_dict("records"):
             ann = gold_annotations(row)
+            examples = []
             for k, ex in enumerate(build_examples(ann, [t for t, w in mixture.items() if w > 0])):
                 key = f"{row['image_id']}|{ex.task}|{ex.text}|{ex.region}|{k}"
                 for copy in range(_keep(key, mixture[ex.task])):
-                    rows.append({
-                        "example_id": hashlib.sha256(f"{key}|{copy}".encode()).hexdigest(),
-                        "image_id": row["image_id"], "round": round_, "split": split_of(row["image_id"], val_fraction),
-                        "task": ex.task, "text_input": ex.text,
-                        "region": None if ex.region is None else [float(v) for v in ex.region],
+                    examples.append({
+                        "example_id": hashlib.sha256(f"{key}|{copy}".encode()).hexdigest(), "task": ex.task,
+                        "text_input": ex.text, "region": None if ex.region is None else [float(v) for v in ex.region],
                         "prompt": build_prompt(ex.task, ex.text, ex.region, ann.size), "target": ex.target,
-                        "content": row["content"], "width": int(row["width"]), "height": int(row["height"]),
                     })
+            if examples:
+                rows.append({"image_id": row["image_id"], "round": round_,
+                             "split": split_of(row["image_id"], val_fraction), "examples": json.dumps(examples),
+                             "n_examples": len(examples), "content": row["content"], "width": int(row["width"]),
+                             "height": int(row["height"])})
         yield pd.DataFrame(rows, columns=cols)
+
+
+def check_layout(images: DataFrame, what: str) -> None:
+    """Versions written before the table held one row per image cannot be read as examples."""
+    if "n_examples" not in images.columns:
+        raise ValueError(f"{what} has the old one-row-per-example layout; build the examples again "
+                         "(jobs.train without --examples-version)")
+
+
+def example_rows(images: DataFrame, with_image: bool = False) -> DataFrame:
+    """``training_examples`` (one row per image) as one row per example: image_id, round, split and the
+    EXAMPLE fields (example_id, task, text_input, region, prompt, target), plus content, width and height
+    with ``with_image``.  What notebooks, evaluation and the tokenizer read."""
+    from pyspark.sql import types as T
+
+    from lakehouse.tables import EXAMPLE
+
+    check_layout(images, "training_examples")
+
+    keep = ["image_id", "round", "split"] + (["content", "width", "height"] if with_image else [])
+    return (images.select(*keep, F.explode(F.from_json("examples", T.ArrayType(EXAMPLE))).alias("e"))
+            .select(*keep, "e.*"))
+
+
+def example_count(images: DataFrame) -> int:
+    """Examples (not images) in a slice of ``training_examples``."""
+    return int(images.agg(F.sum("n_examples")).collect()[0][0] or 0)
 
 
 def default_mixture() -> dict:
@@ -114,9 +145,10 @@ def examples_from_gold(gold: DataFrame, images: DataFrame, mixture: dict, val_fr
 def write_training_examples(spark, root: TableRoot, df: DataFrame, meta: dict) -> int:
     """Overwrite the examples table in one commit whose metadata names the source; returns its version.
 
-    Rows are stored in ``example_id`` order (a hash, so images and tasks are mixed): readers stream row
-    groups, and in build order a row group holds one image's ~18 examples back to back, so every training
-    batch of the Petastorm source was a single image's tasks."""
-    mixed = df.repartition(spark.sparkContext.defaultParallelism, "example_id").sortWithinPartitions("split", "example_id")
-    root.save(mixed.write.format("delta").mode("overwrite").option("userMetadata", json.dumps(meta)), "training_examples")
+    Rows are stored in ``image_id`` order (a hash, so sources and scene kinds are mixed in a row group).
+    ``overwriteSchema``: a table written by the one-row-per-example layout is replaced whole."""
+    mixed = df.repartition(spark.sparkContext.defaultParallelism, "image_id").sortWithinPartitions("split", "image_id")
+    root.save(mixed.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+              .partitionBy(*TABLES["training_examples"].partition_by)
+              .option("userMetadata", json.dumps(meta)), "training_examples")
     return current_version(spark, root, "training_examples")

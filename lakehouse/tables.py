@@ -46,6 +46,17 @@ LABEL = T.StructType([
     T.StructField("normalized", T.BooleanType(), True),
 ])
 
+# One (task, prompt, target) example of an image, an element of training_examples.examples.  A JSON
+# string, not array<struct>: Petastorm's batch reader stacks list columns into fixed-shape arrays.
+EXAMPLE = T.StructType([
+    T.StructField("example_id", T.StringType(), False),
+    T.StructField("task", T.StringType(), False),
+    T.StructField("text_input", T.StringType(), True),
+    T.StructField("region", T.ArrayType(T.DoubleType()), True),
+    T.StructField("prompt", T.StringType(), False),
+    T.StructField("target", T.StringType(), False),
+])
+
 # What every source adapter emits: one row per input image reference.
 MANIFEST = T.StructType([
     T.StructField("source_kind", T.StringType(), False),
@@ -233,14 +244,15 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
     TableDef(
         "training_examples",
         T.StructType([
-            _f("example_id", S, False), _f("image_id", S, False), _f("round", I, False), _f("split", S, False),
-            _f("task", S, False), _f("text_input", S), _f("region", T.ArrayType(D)), _f("prompt", S, False),
-            _f("target", S, False), _f("content", B, False), _f("width", I, False), _f("height", I, False),
+            _f("image_id", S, False), _f("round", I, False), _f("split", S, False),
+            _f("examples", S, False), _f("n_examples", I, False),
+            _f("content", B, False), _f("width", I, False), _f("height", I, False),
         ]),
         partition_by=("split",),
         constraints={"known_split": "split IN ('train', 'val')"},
-        description="(image, task, prompt, target) rows for training, from gold at a pinned round/version; "
-                    "image bytes inline so Petastorm readers decode them in their workers.",
+        description="One row per image with all its training examples (a JSON list of EXAMPLE objects; "
+                    "lakehouse.examples.example_rows explodes them), from gold at a pinned round/version. "
+                    "The image's bytes are stored once and decoded once per epoch, whatever its task count.",
     ),
     TableDef(
         "fld_statistics",

@@ -42,8 +42,9 @@ class PinnedExamples:
     version: int          # training_examples Delta version
     round: int            # the FLD round it was built from
     files: list           # the train split's parquet files at that version
-    rows: int
-    val_rows: int
+    rows: int             # train examples
+    val_rows: int         # validation examples
+    images: int = 0       # train images (rows of the table)
 
 
 def pin_examples(spark, root, round_: int | None = None, version: int | None = None, mixture: dict | None = None,
@@ -52,7 +53,7 @@ def pin_examples(spark, root, round_: int | None = None, version: int | None = N
     pins an existing version; returns that version's train files."""
     from pyspark.sql import functions as F
 
-    from lakehouse.examples import build_training_examples, write_training_examples
+    from lakehouse.examples import build_training_examples, example_count, write_training_examples
     from lakehouse.reader import delta_slice
     from lakehouse.rounds import latest_published_round
     from lakehouse.tables import current_version, read
@@ -67,17 +68,18 @@ def pin_examples(spark, root, round_: int | None = None, version: int | None = N
     ex = read(spark, root, "training_examples", version=version)
     sl = delta_slice(spark, root, version, "train")
     return PinnedExamples(version, ex.select(F.max("round")).collect()[0][0], list(sl.files), sl.rows,
-                          ex.filter(F.col("split") == "val").count())
+                          example_count(ex.filter(F.col("split") == "val")), sl.images)
 
 
 def training_tokenizer(spark, root, version: int, out_dir: Path) -> Path:
     """The tokenizer of a run trained from scratch: learned on the train split's texts (not location
     targets) and every prompt; kept when ``out_dir`` already has one (a resumed run)."""
     from florence2.tokenization import build_tokenizer
+    from lakehouse.examples import example_rows
     from lakehouse.tables import read
 
     if not (out_dir / "tokenizer.json").exists():
-        ex = read(spark, root, "training_examples", version=version)
+        ex = example_rows(read(spark, root, "training_examples", version=version))
         texts = [r.target for r in ex.filter("split = 'train'").select("target").collect() if "<loc_" not in r.target]
         texts += [r.prompt for r in ex.select("prompt").distinct().collect()]
         build_tokenizer(texts, vocab_size=4000).save_pretrained(str(out_dir))
@@ -90,6 +92,7 @@ def log_inputs(spark, root, cfg: recipe.Config, pinned: PinnedExamples, params: 
     import mlflow
     from pyspark.sql import functions as F
 
+    from lakehouse.examples import example_rows
     from lakehouse.tables import read
 
     gate = (read(spark, root, "rounds").filter(f"round = {pinned.round} AND published")
@@ -99,7 +102,7 @@ def log_inputs(spark, root, cfg: recipe.Config, pinned: PinnedExamples, params: 
                      "fld.examples_table": root.ident("training_examples"),
                      "fld.gold_version": gate[0]["gold_version"] if gate else "",
                      "fld.gate_success": bool(gate and gate[0]["gate_success"])})
-    train_df = read(spark, root, "training_examples", version=pinned.version).filter("split = 'train'").drop("content")
+    train_df = example_rows(read(spark, root, "training_examples", version=pinned.version).filter("split = 'train'"))
     dataset = mlflow.data.from_spark(train_df, path=None if root.is_catalog else root.path("training_examples"),
                                      table_name=root.ident("training_examples") if root.is_catalog else None,
                                      version=str(pinned.version), name=f"training_examples@v{pinned.version}")
@@ -147,16 +150,16 @@ def run_training(settings: Settings, cfg: recipe.Config, round_: int | None = No
     root = settings.tables
     ensure_tables(spark, root)
     pinned = pin_examples(spark, root, round_, examples_version, mixture, val_fraction)
-    log(f"[train] training_examples v{pinned.version} (round {pinned.round}): {pinned.rows} train rows in "
-        f"{len(pinned.files)} files, {pinned.val_rows} val rows")
+    log(f"[train] training_examples v{pinned.version} (round {pinned.round}): {pinned.rows} train examples of "
+        f"{pinned.images} images in {len(pinned.files)} files, {pinned.val_rows} val examples")
     name = run_name or f"round{pinned.round}-v{pinned.version}"
     run_dir = Path(cfg.output_dir if os.path.isabs(cfg.output_dir) else settings.home / "runs" / name)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
     tok_dir = Path(cfg.init_from) if cfg.init_from else training_tokenizer(spark, root, pinned.version,
                                                                             run_dir / "tokenizer")
-    data = {"files": pinned.files, "rows": pinned.rows, "version": pinned.version, "split": "train",
-            "tokenizer": str(tok_dir)}
+    data = {"files": pinned.files, "rows": pinned.rows, "images": pinned.images, "version": pinned.version,
+            "split": "train", "tokenizer": str(tok_dir)}
     (run_dir / "data.json").write_text(json.dumps(data, indent=1))
 
     configure_mlflow(settings)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.examples import build_training_examples, write_training_examples
+from lakehouse.examples import build_training_examples, example_rows, write_training_examples
 from lakehouse.ingest import run_ingest
 from florence2.recipe import ShortReadError, check_count
-from lakehouse.reader import decoded_batches, delta_slice, image_decoder, iterate_rows, make_reader
+from lakehouse.reader import delta_slice, example_batches, image_decoder, iterate_rows, make_reader
 from lakehouse.rounds import RoundConfig, run_round
 from lakehouse.synthetic import write_world
 from lakehouse.tables import read
@@ -38,45 +38,77 @@ def pinned(spark, tmp_path_factory):
     mixture.update({t: 0.0 for t in __import__("florence2.tasks", fromlist=["TASKS"]).TASKS if t not in mixture})
     v = write_training_examples(spark, root, build_training_examples(spark, root, 1, None, mixture, 0.2), {"test": 1})
     sl = delta_slice(spark, root, v, "train")
-    ex = read(spark, root, "training_examples", version=v)
+    ex = example_rows(read(spark, root, "training_examples", version=v))
     tok_dir = s.home / "tok"
     build_tokenizer([r.target for r in ex.collect()], vocab_size=800).save_pretrained(str(tok_dir))
-    data = {"files": list(sl.files), "rows": sl.rows, "version": v, "split": "train", "tokenizer": str(tok_dir)}
+    data = {"files": list(sl.files), "rows": sl.rows, "images": sl.images, "version": v, "split": "train",
+            "tokenizer": str(tok_dir)}
     (s.home / "data.json").write_text(json.dumps(data))
     return s, root, v, sl, data
 
 
 def test_examples_split_by_image_and_mixture(spark, pinned):
     s, root, v, sl, _ = pinned
-    ex = read(spark, root, "training_examples", version=v)
+    table = read(spark, root, "training_examples", version=v)
+    ex = example_rows(table)
     assert {r.task for r in ex.select("task").distinct().collect()} == {"<OD>", "<CAPTION>", "<OCR>"}
-    splits = {r.image_id: set() for r in ex.select("image_id").collect()}
-    for r in ex.select("image_id", "split").collect():
-        splits[r.image_id].add(r.split)
-    assert all(len(v_) == 1 for v_ in splits.values()) and {"train", "val"} <= set().union(*splits.values())
-    assert sl.rows == ex.filter("split = 'train'").count()
+    # one row per image, its bytes once, however many examples it has
+    assert table.count() == table.select("image_id").distinct().count() == 12
+    assert ex.count() == sum(r.n_examples for r in table.collect()) > table.count()
+    assert {r.split for r in table.collect()} == {"train", "val"}
+    assert sl.rows == ex.filter("split = 'train'").count() and sl.images == table.filter("split = 'train'").count()
+    assert ex.select("example_id").distinct().count() == ex.count()
 
 
 def test_petastorm_reads_exactly_the_pinned_version(spark, pinned):
     s, root, v, sl, data = pinned
-    rows, shapes = [], set()
+    rows, shapes, decoded = [], set(), []
+    decode = image_decoder(64, (0.5,) * 3, (0.5,) * 3)
+
+    def counting(contents):
+        decoded.extend(contents)
+        return decode(contents)
+
     with make_reader(sl, pool="process", workers=2) as reader:
-        for pixels, batch in decoded_batches(iterate_rows(reader), 8, image_decoder(64, (0.5,) * 3, (0.5,) * 3)):
+        for pixels, batch in example_batches(iterate_rows(reader), 8, counting, pool_images=6):
             rows += batch
             shapes.add(pixels.shape[1:])
             assert len(pixels) == len(batch)
     assert len(rows) == sl.rows and shapes == {(3, 64, 64)}
-    ids = {r["example_id"] for r in rows}
-    assert ids == {r.example_id for r in read(spark, root, "training_examples", version=v).filter("split = 'train'").collect()}
-    # rows arrive mixed across images: in build order every 8 consecutive rows were one or two images' tasks
-    image_of = {r.example_id: r.image_id for r in read(spark, root, "training_examples", version=v).collect()}
+    assert len(decoded) == sl.images  # each image decoded once, not once per example
+    ids = [r["example_id"] for r in rows]
+    train = example_rows(read(spark, root, "training_examples", version=v).filter("split = 'train'"))
+    assert sorted(ids) == sorted(r.example_id for r in train.collect())
+    # a batch mixes images: in table order 8 consecutive examples were one or two images' tasks
+    image_of = {r.example_id: r.image_id for r in train.collect()}
     windows = [{image_of[r["example_id"]] for r in rows[i:i + 8]} for i in range(0, len(rows) - 7, 8)]
-    assert sum(len(w) for w in windows) / len(windows) >= 5, [len(w) for w in windows]
+    assert sum(len(w) for w in windows) / len(windows) >= 3, [len(w) for w in windows]
     # a newer version does not leak into the pinned file list
     write_training_examples(spark, root, read(spark, root, "training_examples", version=v).limit(3), {"test": 2})
     assert delta_slice(spark, root, v, "train") == sl
-    with pytest.raises(ShortReadError, match="read 5 rows, the Delta version holds 7"):
+    with pytest.raises(ShortReadError, match="read 5 examples, the Delta version holds 7"):
         check_count(5, 7, "epoch 0")
+
+
+def test_example_batches_draw_every_example_once_from_a_pool_of_decoded_images():
+    """The reader's sampling alone (no Spark): 40 images with 1-5 examples each, a pool of 8."""
+    rows = [{"image_id": f"i{k}", "content": k, "examples": json.dumps(
+        [{"example_id": f"{k}-{j}", "prompt": "p", "target": "t"} for j in range(1 + k % 5)])} for k in range(40)]
+    calls = []
+
+    def decode(contents):
+        calls.append(list(contents))
+        return [f"px{c}" for c in contents]
+
+    batches = list(example_batches(iter(rows), 6, decode, threads=2, pool_images=8, seed=3))
+    drawn = [(img, e["example_id"]) for imgs, exs in batches for img, e in zip(imgs, exs)]
+    assert sorted(e for _, e in drawn) == sorted(f"{k}-{j}" for k in range(40) for j in range(1 + k % 5))
+    assert all(img == f"px{e.split('-')[0]}" for img, e in drawn)  # each example with its own image
+    assert sorted(c for call in calls for c in call) == list(range(40))  # every image decoded once
+    assert all(len(exs) == 6 for _, exs in batches[:-1]) and 1 <= len(batches[-1][1]) <= 6
+    assert sum(len(set(imgs)) for imgs, _ in batches) / len(batches) >= 4  # batches mix images
+    again = list(example_batches(iter(rows), 6, decode, threads=2, pool_images=8, seed=3))
+    assert [[e["example_id"] for e in exs] for _, exs in again] == [[e["example_id"] for e in exs] for _, exs in batches]
 
 
 def _recipe(data_path, out, *over, np_=1, timeout=900, **popen):
