@@ -1,7 +1,10 @@
 """A whole round 1 on the real COCO sample (not shipped: non-commercial licence), as a new user would:
-land it, ingest, refine with the default specialists, print counts, the gate, statistics and the audit.
+land it, ingest, refine with the default specialists, print counts, the gate, statistics and the audit;
+then (``--train-steps`` > 0) the rest of the pipeline on those photos: training examples (one row per
+image), a short training run through Petastorm, the model registered in MLflow, and the registered
+pyfunc (what ``mlflow models serve`` runs) asked for ``<OD>`` and ``<CAPTION>`` on two of the photos.
 
-    .venv/bin/python bench/real_round.py --real-dev ../shared/data/real_dev
+    .venv/bin/python bench/real_round.py --real-dev ../shared/data/real_dev --train-steps 20
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ def main():
     p.add_argument("--real-dev", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "real_dev"))
     p.add_argument("--dataset", default="coco_train2017_det_caption")
     p.add_argument("--home", default=None)
+    p.add_argument("--train-steps", type=int, default=20, help="0: stop after the round")
     args = p.parse_args()
     src = Path(args.real_dev) / args.dataset
     s = load_settings(home=args.home or tempfile.mkdtemp(prefix="fld-real-"))
@@ -43,6 +47,30 @@ def main():
         print(f"round 1 not published:\n{e}")
     for h in round_history(spark, s.tables):
         print(f"round {h['round']} published={h['published']} audit={json.dumps(h['audit'])}")
+    if args.train_steps > 0:
+        train_and_serve(s, spark, args.train_steps)
+
+
+def train_and_serve(s, spark, steps: int) -> None:
+    from florence2.recipe import load_config
+    from lakehouse.evaluation import PyfuncPredictor
+    from lakehouse.examples import example_rows
+    from lakehouse.tables import read
+    from lakehouse.training import DEFAULT_CONFIG, run_training
+    from florence2.predictor import Request
+
+    cfg = load_config(DEFAULT_CONFIG, [f"max_steps={steps}", "batch_size=4", "checkpoint_every=0"])
+    tr = run_training(s, cfg, run_name="real-round1", log=lambda *a: None)
+    table = read(spark, s.tables, "training_examples", version=tr["examples_version"])
+    tasks = {r.task: r["count"] for r in example_rows(table).groupBy("task").count().collect()}
+    print(json.dumps({"examples_version": tr["examples_version"], "image_rows": table.count(),
+                      "examples": sum(tasks.values()), "examples_by_task": tasks, "training": tr["result"],
+                      "model": tr["model"]}, default=str))
+    photos = [bytes(r.content) for r in read(spark, s.tables, "bronze_images").orderBy("image_id").limit(2).collect()]
+    answers = PyfuncPredictor(f"models:/florence2/{tr['model']['version']}").predict(
+        [Request(b, t) for b in photos for t in ("<OD>", "<CAPTION>")])
+    for a in answers:
+        print(f"served {a['task']}: {a['text'][:120]!r}")
 
 
 if __name__ == "__main__":

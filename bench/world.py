@@ -4,16 +4,22 @@ from __future__ import annotations
 
 
 def world_at_round_one(home, images: int, app: str):
-    """(settings, spark) of a home where ``images`` synthetic scenes are in bronze and round 1 is published."""
+    """(settings, spark) of a home where ``images`` synthetic scenes are in bronze and round 1 is published;
+    a home that already has them (an earlier run's ``--home``) is reused as it is."""
     from lakehouse.config import load_settings
     from lakehouse.ingest import run_ingest
-    from lakehouse.rounds import RoundConfig, run_round
+    from lakehouse.rounds import RoundConfig, latest_published_round, run_round
     from lakehouse.spark import get_spark
     from lakehouse.synthetic import write_world
+    from lakehouse.tables import ensure_tables
 
     s = load_settings(home=home)
-    write_world(s.landing, s.synthetic_dir, images, 0)
     spark = get_spark(s, app)
+    ensure_tables(spark, s.tables)
+    if latest_published_round(spark, s.tables) is not None:
+        print(f"[world] reusing {home}: round {latest_published_round(spark, s.tables)} is published")
+        return s, spark
+    write_world(s.landing, s.synthetic_dir, images, 0)
     run_ingest(spark, s)
     run_round(spark, s, RoundConfig(round=1))
     return s, spark
