@@ -94,6 +94,7 @@ def main():
         res[f"{pool}_examples_per_s"] = round(n / dt, 1)
         res[f"{pool}_images_per_s"] = round(sl.images / dt, 1)
         res[f"{pool}_peak_rss_gb"] = peak.stop()
+        print(json.dumps(res), flush=True)  # a later pass that runs out of memory leaves these
     res["plain_images_per_s"] = plain_loop(sl, args.image_size)
     # the dummy pool is Petastorm in this one process: the like-for-like ratio against the plain loop
     res["dummy_over_plain"] = round(res["dummy_images_per_s"] / res["plain_images_per_s"], 2)
