@@ -473,7 +473,8 @@ def synthetic_rows(n_images: int, seed: int, tasks) -> list[dict]:
 
 
 def write_recipe_data(rows: list[dict], out_dir, vocab_size: int = 1000) -> dict:
-    """Rows as one parquet file, a tokenizer trained on their text, and the recipe's ``data.json``."""
+    """Example rows as one parquet file in ``training_examples``' layout (one row per image, its examples a
+    JSON list), a tokenizer trained on their text, and the recipe's ``data.json``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -481,7 +482,13 @@ def write_recipe_data(rows: list[dict], out_dir, vocab_size: int = 1000) -> dict
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out / "train.parquet")
+    images: dict = {}
+    for r in rows:
+        img = images.setdefault(r["image_id"], {"image_id": r["image_id"], "content": r["content"], "examples": []})
+        img["examples"].append({k: r[k] for k in ("example_id", "task", "text_input", "region", "prompt", "target")})
+    table = [{"image_id": i["image_id"], "examples": json.dumps(i["examples"]), "n_examples": len(i["examples"]),
+              "content": i["content"]} for i in images.values()]
+    pq.write_table(pa.Table.from_pylist(table), out / "train.parquet")
     build_tokenizer([r["target"] for r in rows] + [r["prompt"] for r in rows],
                     vocab_size=vocab_size).save_pretrained(str(out / "tokenizer"))
     data = {"files": [str(out / "train.parquet")], "rows": len(rows), "version": 0, "split": "train",

@@ -426,12 +426,12 @@ def test_round_killed_at_each_stage_boundary_keeps_the_published_state_and_rerun
 def test_gold_rows_without_regions_or_grounding_build_examples(spark, engine):
     """A batch of gold rows none of which has a region or a grounded phrase used to kill the Python
     worker (pyarrow 14 segfaults on such nested columns; see lakehouse.spark.json_columns)."""
-    from lakehouse.examples import default_mixture, examples_from_gold
+    from lakehouse.examples import default_mixture, example_rows, examples_from_gold
 
     _, root, _ = engine
     bare = (read(spark, root, "gold_fld").filter("round = 1").limit(2).coalesce(1)
             .withColumn("regions", F.expr("filter(regions, r -> false)"))
             .withColumn("grounding", F.lit(None).cast(TABLES["gold_fld"].schema["grounding"].dataType)))
-    ex = examples_from_gold(bare, read(spark, root, "bronze_images"), default_mixture(), 0.0, 1)
+    ex = example_rows(examples_from_gold(bare, read(spark, root, "bronze_images"), default_mixture(), 0.0, 1))
     tasks = {r["task"] for r in ex.select("task").distinct().collect()}
     assert "<CAPTION>" in tasks and "<OD>" not in tasks and "<CAPTION_TO_PHRASE_GROUNDING>" not in tasks
