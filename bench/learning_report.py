@@ -131,8 +131,10 @@ def direct(args):
     predictor = Predictor(model, proc, device=device, batch_size=64, max_new_tokens=256)
     preds = predictor.predict([_request(r) for r in val])
     ablation = {}
-    for task in ("<OD>", "<CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>"):
+    for task in ("<OD>", "<CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_TO_CATEGORY>"):
         sel = [r for r in val if r["task"] == task][:32]
+        if not sel:  # a mixture without this task
+            continue
         ablation[task] = image_ablation(model.to("cpu"), proc, [r["content"] for r in sel], [r["prompt"] for r in sel],
                                         [r["target"] for r in sel], cfg.loc_sigma)
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores, CPU only"

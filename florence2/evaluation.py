@@ -235,6 +235,11 @@ def evaluate_examples(predictor, examples: list[dict], baseline: bool = True) ->
         p, r = agg[0] / max(agg[1], 1), agg[0] / max(agg[2], 1)
         metrics["ocr_word_f1"] = 2 * p * r / (p + r) if p + r else 0.0
         base["ocr_word_f1"] = 0.0
+    if "<REGION_TO_CATEGORY>" in preds:  # what the model specialist's relabelling rests on
+        pairs = [((o["answer"] or "").strip().lower(), e["target"].strip().lower()) for e, o in preds["<REGION_TO_CATEGORY>"]]
+        common = collections.Counter(t for _, t in pairs).most_common(1)[0][0]
+        metrics["region_category_accuracy"] = sum(p == t for p, t in pairs) / len(pairs)
+        base["region_category_accuracy"] = sum(common == t for _, t in pairs) / len(pairs)
     if "<OCR>" in preds:
         metrics["ocr_cer"] = sum(cer(o["answer"] or "", e["target"]) for e, o in preds["<OCR>"]) / len(preds["<OCR>"])
         base["ocr_cer"] = 1.0

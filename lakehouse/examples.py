@@ -49,6 +49,16 @@ def _keep(example_key: str, weight: float) -> int:
     return whole + (1 if u < frac else 0)
 
 
+def image_row(image_id: str, examples: list[dict], content, width: int, height: int, round_: int | None = None,
+              split: str | None = None) -> dict:
+    """One ``training_examples`` row: the image once, its examples (``EXAMPLE`` fields) as a JSON list."""
+    from lakehouse.tables import EXAMPLE
+
+    return {"image_id": image_id, "round": round_, "split": split,
+            "examples": json.dumps([{k: e[k] for k in EXAMPLE.fieldNames()} for e in examples]),
+            "n_examples": len(examples), "content": content, "width": int(width), "height": int(height)}
+
+
 DEEP_COLUMNS = ["regions", "grounding"]  # see lakehouse.spark.json_columns
 
 
@@ -72,10 +82,8 @@ def _examples(mixture: dict, val_fraction: float, round_: int, batches):
                         "prompt": build_prompt(ex.task, ex.text, ex.region, ann.size), "target": ex.target,
                     })
             if examples:
-                rows.append({"image_id": row["image_id"], "round": round_,
-                             "split": split_of(row["image_id"], val_fraction), "examples": json.dumps(examples),
-                             "n_examples": len(examples), "content": row["content"], "width": int(row["width"]),
-                             "height": int(row["height"])})
+                rows.append(image_row(row["image_id"], examples, row["content"], row["width"], row["height"], round_,
+                                      split_of(row["image_id"], val_fraction)))
         yield pd.DataFrame(rows, columns=cols)
 
 

@@ -6,13 +6,17 @@ Steps, in order:
    too many tokens for their granularity, no noun phrase, mostly non-alphabetic)
    are dropped; region/word/class labels on the grounding blacklist or empty are dropped.
 2. ``confidence``: a per-kind minimum confidence (human labels carry 1.0).
-3. ``nms``: class-aware non-maximum suppression per image (regions per label; words
+3. ``shapes``: a machine-read word of at most two characters (or with no letter or digit)
+   whose box overlaps a region is an OCR engine reading a shape (a cross as ``+``, a star
+   as ``★``); it is dropped.  Human words are kept.
+4. ``nms``: class-aware non-maximum suppression per image (regions per label; words
    across engines), keeping the most confident.
-4. ``too_many_objects``: images with more regions than allowed lose all their annotations.
+5. ``too_many_objects``: images with more regions than allowed lose all their annotations.
 """
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame
@@ -46,6 +50,8 @@ class FilterConfig:
     nms_iou: float = 0.5
     max_regions_per_image: int = MAX_REGIONS_PER_IMAGE
     min_alpha_ratio: float = 0.5
+    shape_word_max_chars: int = 2     # the ``shapes`` step: words this short, or with no letter/digit, ...
+    shape_word_iou: float = 0.1       # ... overlapping a region at least this much
 
 
 def caption_problem(doc, kind: str, cfg: FilterConfig) -> str | None:
@@ -76,6 +82,25 @@ def _text_step(cfg: FilterConfig, batches):
             else:
                 reasons.append(None if t else "empty_text")
         yield pdf.assign(drop_reason=reasons)
+
+
+def shape_word(text: str, box, region_boxes, cfg: FilterConfig) -> bool:
+    """Whether a machine-read word is a shape read as text (the ``shapes`` step's rule)."""
+    t = (text or "").strip()
+    short = len(t) <= cfg.shape_word_max_chars or not re.search(r"[^\W_]", t)
+    return short and any(iou(box, r) >= cfg.shape_word_iou for r in region_boxes)
+
+
+def _shape_step(cfg: FilterConfig, pdf):
+    has_box = pdf["bbox"].notna()
+    regions = [list(b) for b in pdf.loc[has_box & (pdf["kind"] == "region"), "bbox"]]
+    reasons = [None] * len(pdf)
+    if regions:
+        for i, (kind, ann, text, box) in enumerate(zip(pdf["kind"], pdf["annotator"], pdf["text"], pdf["bbox"])):
+            if kind == "word" and box is not None and not str(ann).startswith("human:") \
+                    and shape_word(text, list(box), regions, cfg):
+                reasons[i] = "word_is_a_shape"
+    return pdf.assign(drop_reason=reasons)
 
 
 def nms_keep(boxes, scores, threshold: float) -> list[bool]:
@@ -118,6 +143,7 @@ def apply_filters(df: DataFrame, cfg: FilterConfig = FilterConfig()) -> tuple[Da
     thr = F.create_map(*[x for k, v in cfg.min_confidence.items() for x in (F.lit(k), F.lit(float(v)))])
     low = F.coalesce(F.col("confidence"), F.lit(1.0)) < F.coalesce(thr[F.col("kind")], F.lit(0.0))
     cur = split("confidence", cur.withColumn("drop_reason", F.when(low, F.lit("below_confidence"))))
+    cur = split("shapes", cur.groupBy("image_id").applyInPandas(functools.partial(_shape_step, cfg), with_reason))
     cur = split("nms", cur.groupBy("image_id").applyInPandas(functools.partial(_nms_step, cfg.nms_iou), with_reason))
     counts = cur.filter("kind = 'region'").groupBy("image_id").agg(F.count("*").alias("_n"))
     over = counts.filter(F.col("_n") > cfg.max_regions_per_image).select("image_id", F.lit("too_many_objects").alias("drop_reason"))

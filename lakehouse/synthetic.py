@@ -479,15 +479,15 @@ def write_recipe_data(rows: list[dict], out_dir, vocab_size: int = 1000) -> dict
     import pyarrow.parquet as pq
 
     from florence2.tokenization import build_tokenizer
+    from lakehouse.examples import image_row
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images: dict = {}
+    by_image: dict = {}
     for r in rows:
-        img = images.setdefault(r["image_id"], {"image_id": r["image_id"], "content": r["content"], "examples": []})
-        img["examples"].append({k: r[k] for k in ("example_id", "task", "text_input", "region", "prompt", "target")})
-    table = [{"image_id": i["image_id"], "examples": json.dumps(i["examples"]), "n_examples": len(i["examples"]),
-              "content": i["content"]} for i in images.values()]
+        by_image.setdefault(r["image_id"], []).append(r)
+    table = [image_row(i, rs, rs[0]["content"], rs[0]["width"], rs[0]["height"], 0, "train")
+             for i, rs in by_image.items()]
     pq.write_table(pa.Table.from_pylist(table), out / "train.parquet")
     build_tokenizer([r["target"] for r in rows] + [r["prompt"] for r in rows],
                     vocab_size=vocab_size).save_pretrained(str(out / "tokenizer"))

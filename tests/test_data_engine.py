@@ -80,6 +80,19 @@ def test_class_aware_nms(spark):
     assert nms_keep([[0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 4]], [0.5, 0.9, 0.1], 0.5) == [False, True, True]
 
 
+def test_words_that_are_shapes_read_as_text_are_dropped(spark):
+    """OCR engines read a cross as "+" and a star as "★"; such a word on a region goes, a real word stays."""
+    star = _ann(text="star", bbox=(10, 10, 50, 50), aid="star")
+    rows = [star, _ann(kind="word", text="★", conf=0.9, bbox=(12, 12, 48, 48), aid="glyph"),
+            _ann(kind="word", text="+", conf=0.9, bbox=(14, 14, 40, 40), aid="plus"),
+            _ann(kind="word", text="STOP", conf=0.9, bbox=(20, 20, 45, 30), aid="stop-on-shape"),
+            _ann(kind="word", text="@", conf=0.9, bbox=(100, 100, 110, 110), aid="far-symbol"),
+            _ann(kind="word", text="+", conf=1.0, bbox=(12, 12, 48, 48), aid="human", annotator="human:coco")]
+    kept, removed = _filter(spark, rows)
+    assert kept == {"star", "stop-on-shape", "far-symbol", "human"}
+    assert removed == {("shapes", "word_is_a_shape"): 2}
+
+
 def test_too_many_objects_drops_the_image(spark):
     crowded = [_ann(image_id="crowd", conf=0.9, bbox=(i * 20, 0, i * 20 + 10, 10), aid=f"c{i}") for i in range(5)]
     crowded.append(_ann(image_id="crowd", kind="caption_brief", text="Many circles in a row on a mat.", bbox=None, aid="cap"))
