@@ -18,6 +18,7 @@ Every input lands in exactly one place: a new bronze image, a duplicate of one
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -39,6 +40,7 @@ from lakehouse.tables import MANIFEST, TableRoot, append_once, ensure_tables, re
 
 QUERY_NAME = "ingest"            # landing_manifest -> bronze (fetch, validate, write)
 LANDING_QUERY = "landing"       # landed files -> landing_manifest (parse only)
+BRONZE_GATHER_BELOW = 2_000     # new images per batch under which bronze gets one file per source kind
 
 BINARY_FILE = T.StructType([
     T.StructField("path", T.StringType()), T.StructField("modificationTime", T.TimestampType()),
@@ -56,6 +58,9 @@ RESOLVED = T.StructType(
         T.StructField("size_bytes", T.LongType()),
         T.StructField("reason", T.StringType()),
         T.StructField("detail", T.StringType()),
+        # unique within a micro-batch and the same on a recompute: the bytes never travel through the
+        # batch's dedupe shuffles, which use this key and join the chosen rows back (write_batch)
+        T.StructField("row_id", T.StringType()),
     ])
 
 
@@ -106,6 +111,14 @@ def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy) -> dict:
     return out
 
 
+def _row_id(row: dict, seen: dict) -> str:
+    """Identity of a manifest row plus its occurrence among identical rows.  Identical rows share a uri,
+    so ``resolve``'s partitioning by uri puts them in one task, which counts them (``seen``)."""
+    ident = "|".join(str(row.get(k)) for k in ("source_kind", "source_name", "original_id", "uri"))
+    k = seen[ident] = seen.get(ident, -1) + 1
+    return hashlib.sha256(f"{ident}#{k}".encode()).hexdigest()[:32]
+
+
 def _resolve(max_pixels: int, policy: FetchPolicy, batches):
     """Resolved rows of each chunk, in order.  Only remote fetches go to the thread pool: they wait on
     the network; local reads and image checks hold the GIL, and threads made them 2.5x slower."""
@@ -113,6 +126,7 @@ def _resolve(max_pixels: int, policy: FetchPolicy, batches):
 
     import pandas as pd
 
+    seen: dict = {}
     with ThreadPoolExecutor(max(1, policy.threads)) as pool:
         for pdf in batches:
             rows = parse_json_columns(pdf, ["labels"]).to_dict("records")
@@ -120,6 +134,8 @@ def _resolve(max_pixels: int, policy: FetchPolicy, batches):
                       if r.get("content") is None and r.get("uri") and is_remote(r["uri"])}
             out = [remote[i].result() if i in remote else resolve_row(r, max_pixels, policy)
                    for i, r in enumerate(rows)]
+            for o, r in zip(out, rows):
+                o["row_id"] = _row_id(r, seen)
             yield pd.DataFrame(out, columns=RESOLVED.fieldNames())
 
 
@@ -287,15 +303,23 @@ def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str
         now = F.current_timestamp()
         tag = [F.lit(query).alias("ingest_query"), F.lit(batch_id).cast("long").alias("ingest_batch")]
         ok = df.filter(F.col("reason").isNull())
-        first = Window.partitionBy("image_id").orderBy("source_kind", "source_name", "original_id")
-        images = (ok.withColumn("_n", F.row_number().over(first)).filter("_n = 1")
+        # which row of each image is new is decided on keys alone; the bytes are joined back by row id
+        # against a broadcast of the chosen ids, so they are never shuffled or sorted
+        first = Window.partitionBy("image_id").orderBy("source_kind", "source_name", "original_id", "row_id")
+        chosen = (ok.select("row_id", "image_id", "source_kind", "source_name", "original_id")
+                  .withColumn("_n", F.row_number().over(first)).filter("_n = 1"))
+        chosen = _not_yet_in(spark, root, "bronze_images", chosen, "image_id", query, batch_id) \
+            .select("row_id", "source_kind").persist()
+        written.append(chosen)
+        new = {r["source_kind"]: r["n"] for r in chosen.groupBy("source_kind").agg(F.count("*").alias("n")).collect()}
+        images = (ok.join(F.broadcast(chosen.select("row_id")), "row_id")
                   .select("image_id", "content", "width", "height", "format", "source_kind", "source_name",
                           "original_id", "uri", now.alias("ingest_time"), *tag))
-        images = _not_yet_in(spark, root, "bronze_images", images, "image_id", query, batch_id).persist()
-        written.append(images)
-        new = {r["source_kind"]: r["n"] for r in images.groupBy("source_kind").agg(F.count("*").alias("n")).collect()}
         if new:
-            append_once(spark, root, "bronze_images", images, app_id, batch_id)
+            # a large batch is written straight from its tasks (files of ~1/tasks of the batch each);
+            # a small one is gathered into one file per source kind
+            append_once(spark, root, "bronze_images", images, app_id, batch_id,
+                        gather=sum(new.values()) < BRONZE_GATHER_BELOW)
         crash_point("ingest:bronze")
 
         labels = (ok.select("image_id", "source_kind", "source_name", "original_id", "width", "height",

@@ -356,14 +356,17 @@ def merge_insert(spark, root: TableRoot, name: str, df, keys: list[str]) -> None
 
 
 def append_once(spark, root: TableRoot, name: str, df, app_id: str, version: int,
-                max_records_per_file: int = 0) -> None:
+                max_records_per_file: int = 0, gather: bool = True) -> None:
     """Append ``df`` unless this table already holds the write ``(app_id, version)``: Delta's idempotent
     writes (``txnAppId``/``txnVersion``), which keep a replayed streaming micro-batch from writing twice
     without the join a MERGE runs against the whole table.  Rows are grouped by the table's partition
     columns first: one file per partition per write, not one per task and partition (a micro-batch
-    wrote ~24 small files per table, and every later read of the table paid for each)."""
+    wrote ~24 small files per table, and every later read of the table paid for each).  ``gather=False``
+    writes from the tasks as they are: for rows so large and many that the shuffle costs more than
+    the extra files."""
     parts = TABLES[name].partition_by
-    df = df.repartition(*parts) if parts else df.coalesce(1)
+    if gather:
+        df = df.repartition(*parts) if parts else df.coalesce(1)
     writer = df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version))
     if max_records_per_file:
         writer = writer.option("maxRecordsPerFile", int(max_records_per_file))
