@@ -91,16 +91,15 @@ def shape_word(text: str, box, region_boxes, cfg: FilterConfig) -> bool:
     return short and any(iou(box, r) >= cfg.shape_word_iou for r in region_boxes)
 
 
-def _shape_step(cfg: FilterConfig, pdf):
-    has_box = pdf["bbox"].notna()
-    regions = [list(b) for b in pdf.loc[has_box & (pdf["kind"] == "region"), "bbox"]]
+def _shape_reasons(cfg: FilterConfig, pdf) -> list:
+    regions = [list(b) for b in pdf.loc[pdf["bbox"].notna() & (pdf["kind"] == "region"), "bbox"]]
     reasons = [None] * len(pdf)
     if regions:
         for i, (kind, ann, text, box) in enumerate(zip(pdf["kind"], pdf["annotator"], pdf["text"], pdf["bbox"])):
             if kind == "word" and box is not None and not str(ann).startswith("human:") \
                     and shape_word(text, list(box), regions, cfg):
                 reasons[i] = "word_is_a_shape"
-    return pdf.assign(drop_reason=reasons)
+    return reasons
 
 
 def nms_keep(boxes, scores, threshold: float) -> list[bool]:
@@ -114,12 +113,18 @@ def nms_keep(boxes, scores, threshold: float) -> list[bool]:
     return keep
 
 
-def _nms_step(threshold: float, pdf):
-    reasons = [None] * len(pdf)
-    geo = pdf[pdf["bbox"].notna() & pdf["kind"].isin(["region", "word"])]
+def _image_step(cfg: FilterConfig, pdf):
+    """The per-image steps in one pass over each image's annotations: ``shapes``, then ``nms`` over what
+    is left (``apply_filters`` tells their drops apart by reason)."""
+    import numpy as np
+
+    reasons = _shape_reasons(cfg, pdf)
+    left = np.array([r is None for r in reasons], dtype=bool)
+    geo = pdf[(pdf["bbox"].notna() & pdf["kind"].isin(["region", "word"])).to_numpy() & left]
     groups = geo.groupby([geo["kind"], geo["kind"].where(geo["kind"] == "word", geo["text"].str.lower())])
     for _, g in groups:
-        keep = nms_keep([list(b) for b in g["bbox"]], [c if c == c and c is not None else 0.0 for c in g["confidence"]], threshold)
+        keep = nms_keep([list(b) for b in g["bbox"]], [c if c == c and c is not None else 0.0 for c in g["confidence"]],
+                        cfg.nms_iou)
         for idx, k in zip(g.index, keep):
             if not k:
                 reasons[pdf.index.get_loc(idx)] = "nms_duplicate"
@@ -132,10 +137,11 @@ def apply_filters(df: DataFrame, cfg: FilterConfig = FilterConfig()) -> tuple[Da
     with_reason = T.StructType(schema.fields + [T.StructField("drop_reason", T.StringType())])
     drops = []
 
-    def split(step: str, marked: DataFrame) -> DataFrame:
+    def split(step, marked: DataFrame) -> DataFrame:
+        """``step``: the step's name, or a column that names it per row."""
         marked = marked.persist()
         drops.append(marked.filter(F.col("drop_reason").isNotNull())
-                     .groupBy(F.lit(step).alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))
+                     .groupBy((F.lit(step) if isinstance(step, str) else step).alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))
                      .agg(F.count("*").alias("removed")))
         return marked.filter(F.col("drop_reason").isNull()).drop("drop_reason")
 
@@ -143,8 +149,8 @@ def apply_filters(df: DataFrame, cfg: FilterConfig = FilterConfig()) -> tuple[Da
     thr = F.create_map(*[x for k, v in cfg.min_confidence.items() for x in (F.lit(k), F.lit(float(v)))])
     low = F.coalesce(F.col("confidence"), F.lit(1.0)) < F.coalesce(thr[F.col("kind")], F.lit(0.0))
     cur = split("confidence", cur.withColumn("drop_reason", F.when(low, F.lit("below_confidence"))))
-    cur = split("shapes", cur.groupBy("image_id").applyInPandas(functools.partial(_shape_step, cfg), with_reason))
-    cur = split("nms", cur.groupBy("image_id").applyInPandas(functools.partial(_nms_step, cfg.nms_iou), with_reason))
+    per_image = cur.groupBy("image_id").applyInPandas(functools.partial(_image_step, cfg), with_reason)
+    cur = split(F.when(F.col("drop_reason") == "word_is_a_shape", F.lit("shapes")).otherwise(F.lit("nms")), per_image)
     counts = cur.filter("kind = 'region'").groupBy("image_id").agg(F.count("*").alias("_n"))
     over = counts.filter(F.col("_n") > cfg.max_regions_per_image).select("image_id", F.lit("too_many_objects").alias("drop_reason"))
     cur = split("too_many_objects", cur.join(over, "image_id", "left").select(*with_reason.fieldNames()))
