@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from florence2.targets import ImageAnnotations, Phrase, Region, Word, build_examples
 from lakehouse.spark import json_columns, parse_json_columns
-from lakehouse.tables import TABLES, TableRoot, current_version, read
+from lakehouse.tables import EXAMPLE, TABLES, TableRoot, current_version, read
 
 
 def _seq(x) -> list:
@@ -52,8 +52,6 @@ def _keep(example_key: str, weight: float) -> int:
 def image_row(image_id: str, examples: list[dict], content, width: int, height: int, round_: int | None = None,
               split: str | None = None) -> dict:
     """One ``training_examples`` row: the image once, its examples (``EXAMPLE`` fields) as a JSON list."""
-    from lakehouse.tables import EXAMPLE
-
     return {"image_id": image_id, "round": round_, "split": split,
             "examples": json.dumps([{k: e[k] for k in EXAMPLE.fieldNames()} for e in examples]),
             "n_examples": len(examples), "content": content, "width": int(width), "height": int(height)}
@@ -99,8 +97,6 @@ def example_rows(images: DataFrame, with_image: bool = False) -> DataFrame:
     EXAMPLE fields (example_id, task, text_input, region, prompt, target), plus content, width and height
     with ``with_image``.  What notebooks, evaluation and the tokenizer read."""
     from pyspark.sql import types as T
-
-    from lakehouse.tables import EXAMPLE
 
     check_layout(images, "training_examples")
 
