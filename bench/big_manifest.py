@@ -29,15 +29,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def write_manifest(landing: Path, rows: int, images: int, malformed: float) -> dict:
+def write_images(src: Path, images: int, image_mb: float) -> str:
+    """``images`` distinct PNGs: tiny flat ones, or with ``image_mb`` noise JPEGs of about that size,
+    one encoded image made distinct per file by a JPEG comment (cheap to write, decoded like any)."""
+    import numpy as np
     from PIL import Image
 
+    if not image_mb:
+        for i in range(images):
+            buf = io.BytesIO()
+            Image.new("RGB", (32, 24), (i % 256, (i * 7) % 256, (i * 13) % 256)).save(buf, "PNG")
+            (src / f"img{i}.png").write_bytes(buf.getvalue())
+        return "png"
+    side = int((image_mb * 2**20 / 0.9) ** 0.5)   # noise at quality 90: ~0.9 bytes per pixel
+    noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    for i in range(images):
+        note = f"image {i}".encode()
+        com = b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note
+        (src / f"img{i}.jpg").write_bytes(jpeg[:2] + com + jpeg[2:])
+    return "jpg"
+
+
+def write_manifest(landing: Path, rows: int, images: int, malformed: float, image_mb: float = 0) -> dict:
     src = landing / "cc" / "big"
     src.mkdir(parents=True, exist_ok=True)
-    for i in range(images):
-        buf = io.BytesIO()
-        Image.new("RGB", (32, 24), (i % 256, (i * 7) % 256, (i * 13) % 256)).save(buf, "PNG")
-        (src / f"img{i}.png").write_bytes(buf.getvalue())
+    ext = write_images(src, images, image_mb)
     bad = 0
     with open(src / "manifest.tsv", "w") as f:
         for n in range(rows):
@@ -45,7 +64,7 @@ def write_manifest(landing: Path, rows: int, images: int, malformed: float) -> d
                 f.write(f"a line without a tab {n}\n")
                 bad += 1
             else:
-                f.write(f"shape number {n}\timg{(n - bad) % images}.png\n")
+                f.write(f"shape number {n}\timg{(n - bad) % images}.{ext}\n")
     return {"rows": rows, "malformed": bad, "distinct_images": min(images, rows - bad)}
 
 
@@ -66,8 +85,8 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run(rows: int, images: int, malformed: float, home: Path, extra: list[str]) -> dict:
-    expected = write_manifest(home / "landing", rows, images, malformed)
+def run(rows: int, images: int, malformed: float, home: Path, extra: list[str], image_mb: float = 0) -> dict:
+    expected = write_manifest(home / "landing", rows, images, malformed, image_mb)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "jobs.ingest", "--home", str(home), *extra], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -118,12 +137,14 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--malformed", type=float, default=0.001, help="fraction of lines that are malformed")
+    p.add_argument("--image-mb", type=float, default=0,
+                   help="make each image a noise JPEG of about this many MB (default: 32x24 PNGs)")
     p.add_argument("--home", type=Path, default=None, help="FLD_HOME to use (default: a new temporary folder)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("extra", nargs="*", help="more arguments for jobs.ingest")
     a = p.parse_args(argv)
     home = a.home or Path(tempfile.mkdtemp(prefix="fld-big-"))
-    res = run(a.rows, a.images, a.malformed, home, a.extra)
+    res = run(a.rows, a.images, a.malformed, home, a.extra, a.image_mb)
     res.update(check(home, res))
     res["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
     print(json.dumps(res, indent=1))

@@ -47,7 +47,8 @@ BINARY_FILE = T.StructType([
     T.StructField("length", T.LongType()), T.StructField("content", T.BinaryType()),
 ])
 
-# A manifest row after its bytes were fetched and checked.
+# A manifest row after its bytes were fetched and checked.  ``content`` stays only where it cannot be
+# read again without the network (``_rereadable``).
 RESOLVED = T.StructType(
     [f for f in MANIFEST.fields if f.name not in ("content", "error_reason", "error_detail")] + [
         T.StructField("image_id", T.StringType()),
@@ -58,8 +59,8 @@ RESOLVED = T.StructType(
         T.StructField("size_bytes", T.LongType()),
         T.StructField("reason", T.StringType()),
         T.StructField("detail", T.StringType()),
-        # unique within a micro-batch and the same on a recompute: the bytes never travel through the
-        # batch's dedupe shuffles, which use this key and join the chosen rows back (write_batch)
+        # "<identity>#<occurrence>": unique within a micro-batch and the same on a recompute; write_batch
+        # joins a kept remote image's bytes back by it, and reads a local one's again by its identity
         T.StructField("row_id", T.StringType()),
     ])
 
@@ -111,17 +112,32 @@ def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy) -> dict:
     return out
 
 
-def _row_id(row: dict, seen: dict) -> str:
-    """Identity of a manifest row plus its occurrence among identical rows.  Identical rows share a uri,
-    so ``resolve``'s partitioning by uri puts them in one task, which counts them (``seen``)."""
+def _identity(row: dict) -> str:
+    """Hash of what names a manifest row; identical rows share a uri, so ``resolve``'s partitioning by
+    uri puts them all in one task."""
     ident = "|".join(str(row.get(k)) for k in ("source_kind", "source_name", "original_id", "uri"))
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def _row_id(row: dict, seen: dict) -> str:
+    """Identity of a manifest row plus its occurrence among identical rows (``seen`` counts them)."""
+    ident = _identity(row)
     k = seen[ident] = seen.get(ident, -1) + 1
-    return hashlib.sha256(f"{ident}#{k}".encode()).hexdigest()[:32]
+    return f"{ident}#{k}"
+
+
+def _rereadable(row: dict) -> bool:
+    """Whether a second pass over the batch gets this row's bytes back without the network: they are
+    inline in the manifest (which the batch reads again) or in a local file."""
+    return row.get("content") is not None or (bool(row.get("uri")) and not is_remote(row["uri"]))
 
 
 def _resolve(max_pixels: int, policy: FetchPolicy, batches):
-    """Resolved rows of each chunk, in order.  Only remote fetches go to the thread pool: they wait on
-    the network; local reads and image checks hold the GIL, and threads made them 2.5x slower."""
+    """Resolved rows of each chunk, in order.  Their bytes are dropped where a second pass can read them
+    again (``_rereadable``): a micro-batch holds only keys and metadata, whatever its images weigh, and
+    ``_chosen_bytes`` reads the new images' bytes once more while bronze is written.  Only remote fetches
+    go to the thread pool: they wait on the network; local reads and image checks hold the GIL, and
+    threads made them 2.5x slower."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pandas as pd
@@ -136,7 +152,51 @@ def _resolve(max_pixels: int, policy: FetchPolicy, batches):
                    for i, r in enumerate(rows)]
             for o, r in zip(out, rows):
                 o["row_id"] = _row_id(r, seen)
+                if _rereadable(r):
+                    o["content"] = None
             yield pd.DataFrame(out, columns=RESOLVED.fieldNames())
+
+
+CHOSEN_BYTES_CHUNK = 32 << 20   # bytes per frame _chosen_bytes hands to the JVM
+
+
+def _chosen_bytes(policy: FetchPolicy, wanted: dict, batch_id: int, batches):
+    """(image_id, content) of the new images whose bytes ``_resolve`` dropped, read again from the
+    manifest rows.  ``wanted`` maps a row identity to the image ids chosen among its rows; identical
+    rows are interchangeable, so a row is taken when its bytes hash to a wanted id.  All rows of an
+    identity are in this task (partitioning by uri), so a wanted id none of them has means the bytes
+    changed since they were checked: the write fails before bronze commits, and the replayed batch
+    checks the bytes as they are now."""
+    import pandas as pd
+
+    left = {k: list(v) for k, v in wanted.items()}
+    seen, out, size = set(), [], 0
+    for pdf in batches:
+        for r in pdf.to_dict("records"):
+            key = _identity(r)
+            if not left.get(key):
+                continue
+            seen.add(key)
+            try:
+                data = r["content"] if r.get("content") is not None else fetch_bytes(r["uri"], r.get("root"), policy)
+            except ImageRejected:
+                continue
+            data = bytes(data)
+            h = hashlib.sha256(data).hexdigest()
+            if h in left[key]:
+                left[key].remove(h)
+                out.append((h, data))
+                size += len(data)
+                if size >= CHOSEN_BYTES_CHUNK:
+                    yield pd.DataFrame(out, columns=["image_id", "content"])
+                    out, size = [], 0
+    changed = [k for k in seen if left[k]]
+    if changed:
+        raise RuntimeError(f"ingest batch {batch_id}: the bytes behind {len(changed)} manifest row(s) changed "
+                           f"between the check and the write (landed files must not be modified); nothing "
+                           f"was written and the batch will be checked again when the query restarts")
+    if out:
+        yield pd.DataFrame(out, columns=["image_id", "content"])
 
 
 def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> DataFrame:
@@ -165,11 +225,21 @@ def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> D
     return out
 
 
+def _by_uri(df: DataFrame, settings: Settings) -> DataFrame:
+    return json_columns(df.repartition(settings.shuffle_partitions, "uri"), ["labels"])
+
+
 def resolve(df: DataFrame, settings: Settings) -> DataFrame:
     """Fetched and checked rows, spread over ``shuffle_partitions`` tasks by uri: one large manifest
     file is parsed by one task, but its rows are fetched and hashed by all of them."""
     fn = functools.partial(_resolve, settings.max_image_pixels, FetchPolicy.from_settings(settings))
-    return json_columns(df.repartition(settings.shuffle_partitions, "uri"), ["labels"]).mapInPandas(fn, schema=RESOLVED)
+    return _by_uri(df, settings).mapInPandas(fn, schema=RESOLVED)
+
+
+def chosen_bytes(df: DataFrame, settings: Settings, wanted: dict, batch_id: int) -> DataFrame:
+    """``_chosen_bytes`` over the manifest rows ``df``, partitioned as ``resolve`` partitions them."""
+    fn = functools.partial(_chosen_bytes, FetchPolicy.from_settings(settings), wanted, batch_id)
+    return _by_uri(df, settings).mapInPandas(fn, schema="image_id string, content binary")
 
 
 def _quarantine_id():
@@ -285,36 +355,52 @@ def _not_yet_in(spark, root: TableRoot, name: str, rows: DataFrame, key: str, qu
     return rows.join(have, key, "left_anti")
 
 
-def write_batch(spark, root: TableRoot, df: DataFrame, batch_id: int, query: str = QUERY_NAME,
+def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, query: str = QUERY_NAME,
                 log=print, app_id: str | None = None) -> dict:
-    """Write one resolved micro-batch as appends to bronze, labels, quarantine and the log.
+    """Write one micro-batch of manifest rows (``landed``) as appends to bronze, labels, quarantine and
+    the log.
 
     Exactly-once without MERGE: what is new is decided against the tables as they were before this
     batch (``_not_yet_in``), counted from the batch itself, and each append is an idempotent Delta
     write tagged ``(app_id, batch_id)``, so replaying a batch after a crash writes nothing twice and
     logs the same counts.  ``app_id`` names the query's checkpoint (a new checkpoint is a new writer).
+
+    Memory does not grow with the images' size: the checked batch that every decision reads holds no
+    bytes (``_resolve``); the new images' bytes are read once more by the tasks that write bronze
+    (``chosen_bytes``), and only a remote image's bytes, which a second read would fetch again, are kept.
     """
     from lakehouse.tables import TABLES
 
+    root = settings.tables
     app_id = app_id or f"fld-{query}"
-    df = df.persist()
+    df = resolve(landed, settings).persist()
     written = []
     try:
         now = F.current_timestamp()
         tag = [F.lit(query).alias("ingest_query"), F.lit(batch_id).cast("long").alias("ingest_batch")]
         ok = df.filter(F.col("reason").isNull())
-        # which row of each image is new is decided on keys alone; the bytes are joined back by row id
-        # against a broadcast of the chosen ids, so they are never shuffled or sorted
+        meta = ["image_id", "width", "height", "format", "source_kind", "source_name", "original_id", "uri"]
+        # which row of each image is new is decided on keys alone, never moving bytes
         first = Window.partitionBy("image_id").orderBy("source_kind", "source_name", "original_id", "row_id")
-        chosen = (ok.select("row_id", "image_id", "source_kind", "source_name", "original_id")
-                  .withColumn("_n", F.row_number().over(first)).filter("_n = 1"))
-        chosen = _not_yet_in(spark, root, "bronze_images", chosen, "image_id", query, batch_id) \
-            .select("row_id", "source_kind").persist()
+        chosen = (ok.select("row_id", *meta, F.col("content").isNotNull().alias("kept"))
+                  .withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n"))
+        chosen = _not_yet_in(spark, root, "bronze_images", chosen, "image_id", query, batch_id).persist()
         written.append(chosen)
-        new = {r["source_kind"]: r["n"] for r in chosen.groupBy("source_kind").agg(F.count("*").alias("n")).collect()}
-        images = (ok.join(F.broadcast(chosen.select("row_id")), "row_id")
-                  .select("image_id", "content", "width", "height", "format", "source_kind", "source_name",
-                          "original_id", "uri", now.alias("ingest_time"), *tag))
+        new: dict = {}
+        wanted: dict = {}   # row identity -> the image ids to read again from its rows
+        n_kept = 0
+        for r in chosen.select("row_id", "image_id", "source_kind", "kept").collect():
+            new[r["source_kind"]] = new.get(r["source_kind"], 0) + 1
+            n_kept += r["kept"]
+            if not r["kept"]:
+                wanted.setdefault(r["row_id"].split("#")[0], []).append(r["image_id"])
+        cols = ["image_id", "content", "width", "height", "format", "source_kind", "source_name", "original_id",
+                "uri", now.alias("ingest_time"), *tag]
+        reread = (chosen_bytes(landed, settings, wanted, batch_id)
+                  .join(F.broadcast(chosen.filter(~F.col("kept")).select(*meta)), "image_id").select(*cols))
+        kept = (ok.filter(F.col("content").isNotNull())
+                .join(F.broadcast(chosen.filter("kept").select("row_id")), "row_id").select(*cols))
+        images = reread.unionByName(kept) if n_kept else reread
         if new:
             # a large batch is written straight from its tasks (files of ~1/tasks of the batch each);
             # a small one is gathered into one file per source kind
@@ -412,7 +498,7 @@ def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=Non
 
     def batch(df, batch_id):
         t = time.perf_counter()
-        summary = write_batch(spark, root, df, batch_id, log=log, app_id=_app_id(ingest_ckpt, QUERY_NAME))
+        summary = write_batch(spark, settings, df, batch_id, log=log, app_id=_app_id(ingest_ckpt, QUERY_NAME))
         result.batches.append(batch_id)
         result.batch_stats.append({"batch_id": batch_id, **summary, "seconds": round(time.perf_counter() - t, 3)})
 
@@ -428,7 +514,7 @@ def run_ingest(spark, settings: Settings, mode: str = "available-now", kinds=Non
     queries = [start(manifest(spark, settings, kinds, streaming=True), LANDING_QUERY, land, landing_ckpt)]
     if mode == "available-now":
         queries[0].awaitTermination(left())
-    queries.append(start(resolve(landed_rows(spark, settings, root), settings), QUERY_NAME, batch, ingest_ckpt))
+    queries.append(start(landed_rows(spark, settings, root), QUERY_NAME, batch, ingest_ckpt))
     try:
         if until is None:
             for q in queries:

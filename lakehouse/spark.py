@@ -120,6 +120,20 @@ def parse_json_columns(pdf, cols):
     return pdf
 
 
+# Parquet first checks a page's and a row group's size after 100 rows: 100 camera images of a few MB
+# each are one page, buffered and compressed on the heap, and a 1 GiB executor ran out of memory
+# writing bronze.  Checking after every 10 rows bounds both by the data's size, not the row count.
+PARQUET_SIZE_CHECKS = {"parquet.page.size.row.check.min": "10", "parquet.block.size.row.check.min": "10"}
+
+
+def _bounded_parquet_pages(spark):
+    """Session SQL settings reach every write's Hadoop configuration (also on a running Databricks
+    session, where cluster settings cannot be changed from here)."""
+    for k, v in PARQUET_SIZE_CHECKS.items():
+        spark.conf.set(k, v)
+    return spark
+
+
 def get_spark(settings: Settings | None = None, app_name: str = "fld"):
     """Return a SparkSession with Delta Lake enabled.
 
@@ -129,7 +143,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "fld"):
     from pyspark.sql import SparkSession
 
     if on_databricks():
-        return SparkSession.builder.getOrCreate()
+        return _bounded_parquet_pages(SparkSession.builder.getOrCreate())
     settings = settings or load_settings()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYTHONPATH"] = with_code_root(os.environ)["PYTHONPATH"]  # the JVM and its workers inherit it
@@ -165,7 +179,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "fld"):
         builder = builder.config("spark.jars.packages", _delta_coordinates()).config(
             "spark.jars.ivy", str(ivy_dir())
         )
-    spark = builder.getOrCreate()
+    spark = _bounded_parquet_pages(builder.getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.ERROR)
     return spark

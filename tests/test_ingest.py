@@ -316,6 +316,59 @@ def test_a_million_row_manifest_ingests_in_bounded_batches_and_memory(spark, tmp
     assert res["peak_rss_mib"] < ceiling_mib
 
 
+@pytest.mark.slow
+def test_camera_sized_images_outweighing_the_heap_ingest_in_one_batch(tmp_path):
+    """480 distinct ~1.25 MB JPEGs (600 MB) in one micro-batch under a 1 GiB driver: Parquet buffered
+    100 such images per page before its first size check and the write of bronze ran out of heap.
+    The batch's decisions hold no bytes either (``_resolve`` drops what ``_chosen_bytes`` reads again)."""
+    home, n = tmp_path / "fld_home", 480
+    env = dict(os.environ, FLD_SPARK_DRIVER_MEMORY="1g")
+    r = subprocess.run([sys.executable, "bench/big_manifest.py", "--rows", str(n), "--images", str(n),
+                        "--malformed", "0", "--image-mb", "1.25", "--home", str(home),
+                        "--out", str(tmp_path / "result.json")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert res["all_accounted"] and res["bronze_images"] == n and res["fetch_batches"] == 1
+    landed = sum(p.stat().st_size for p in (home / "landing").rglob("*.jpg"))
+    assert landed > 500 << 20, landed
+
+
+def test_bytes_read_again_must_be_the_bytes_that_were_checked(tmp_path):
+    """``_chosen_bytes`` (the second read, while bronze is written) takes a row when its bytes hash to
+    an image id chosen for its identity, whatever order identical rows arrive in, and fails the batch
+    (before bronze commits) when a file changed since the check."""
+    import hashlib
+
+    import pandas as pd
+
+    from lakehouse.fetch import FetchPolicy
+    from lakehouse.ingest import MANIFEST, _chosen_bytes, _identity
+
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    a.write_bytes(b"first image")
+    b.write_bytes(b"second image")
+
+    def row(**kw):
+        return {**{k: None for k in MANIFEST.fieldNames()}, "source_kind": "cc", "source_name": "s", **kw}
+
+    def sha(x):
+        return hashlib.sha256(x).hexdigest()
+
+    file_row = row(original_id="1", uri=str(a))
+    twin_1, twin_2 = row(original_id="t", content=b"one"), row(original_id="t", content=b"two")
+    other = row(original_id="2", uri=str(b))   # in the batch, not chosen
+    wanted = {_identity(file_row): [sha(b"first image")], _identity(twin_1): [sha(b"two"), sha(b"one")]}
+    frame = pd.DataFrame([twin_1, other, file_row, twin_2])
+    got = pd.concat(_chosen_bytes(FetchPolicy(), wanted, 7, iter([frame])))
+    assert sorted(zip(got["image_id"], got["content"])) == sorted(
+        [(sha(b"first image"), b"first image"), (sha(b"one"), b"one"), (sha(b"two"), b"two")])
+
+    a.write_bytes(b"first image, edited after its check")
+    with pytest.raises(RuntimeError, match="batch 7: the bytes behind 1 manifest row"):
+        list(_chosen_bytes(FetchPolicy(), wanted, 7, iter([frame])))
+
+
 def test_identical_manifest_rows_get_distinct_row_ids_that_a_recompute_repeats():
     """write_batch joins the chosen rows' bytes back by row id: two identical manifest rows must not
     share one (the image would be written twice), and a recomputed task must give the same ids."""
