@@ -96,6 +96,13 @@ class TableDef:
     constraints: dict[str, str] = dataclasses.field(default_factory=dict)
     description: str = ""
 
+    @property
+    def holds_bytes(self) -> bool:
+        """Image bytes in a column: already compressed, so its files are written uncompressed.  Snappy
+        gained nothing on them and Parquet's Snappy reader grows a direct buffer page by page, so reading
+        pages of ~100 images stalled for minutes on GC (jstack: NonBlockedDecompressor.setInput)."""
+        return any(isinstance(f.dataType, T.BinaryType) for f in self.schema.fields)
+
 
 def _in(col: str, values) -> str:
     return f"{col} IN (" + ", ".join(f"'{v}'" for v in values) + ")"
@@ -294,6 +301,8 @@ class TableRoot:
 
     def save(self, writer, name: str) -> None:
         """Run a configured ``DataFrameWriter`` against table ``name`` (by name in a catalog, else by path)."""
+        if name in TABLES and TABLES[name].holds_bytes:
+            writer = writer.option("compression", "uncompressed")
         writer.saveAsTable(self.ident(name)) if self.is_catalog else writer.save(self.path(name))
 
     def load(self, reader, name: str):
