@@ -89,6 +89,18 @@ def test_rows_carry_metadata(spark, ingested):
         assert r.original_id and r.source_name == "synthetic"
 
 
+def test_tables_holding_image_bytes_are_written_uncompressed(spark, ingested):
+    """Snappy gains nothing on JPEG/PNG bytes and its Parquet reader stalled on them (TableDef.holds_bytes)."""
+    from pathlib import Path
+
+    s, _, _ = ingested
+    files = {t: [p.name for p in Path(s.tables.path(t)).rglob("*.parquet") if "_delta_log" not in p.parts]
+             for t in ("bronze_images", "landing_manifest", "bronze_labels")}
+    assert files["bronze_images"] and files["landing_manifest"] and files["bronze_labels"]
+    assert not [f for t in ("bronze_images", "landing_manifest") for f in files[t] if ".snappy." in f], files
+    assert all(".snappy." in f for f in files["bronze_labels"])   # tables without bytes keep the default
+
+
 def test_quarantine_rows_name_record_and_reason(spark, ingested):
     s, _, _ = ingested
     rows = read(spark, s.tables, "quarantine").collect()
