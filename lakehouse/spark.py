@@ -120,10 +120,10 @@ def parse_json_columns(pdf, cols):
     return pdf
 
 
-# Parquet first checks a page's and a row group's size after 100 rows: 100 camera images of a few MB
-# each are one page, buffered and compressed on the heap, and a 1 GiB executor ran out of memory
-# writing bronze.  Checking after every 10 rows bounds both by the data's size, not the row count.
-PARQUET_SIZE_CHECKS = {"parquet.page.size.row.check.min": "10", "parquet.block.size.row.check.min": "10"}
+# Parquet first checks a page's size after 100 rows: 100 camera images of a few MB each are one page,
+# buffered and compressed on the heap, and a 1 GiB executor ran out of memory writing bronze.  Checking
+# after every 10 rows bounds a page by the data's size, not the row count.
+PARQUET_SIZE_CHECKS = {"parquet.page.size.row.check.min": "10"}
 
 
 def _bounded_parquet_pages(spark):
