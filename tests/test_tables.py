@@ -25,3 +25,16 @@ def test_ensure_tables_idempotent_with_constraints(spark, tmp_path):
     with pytest.raises(Exception, match="(?i)check constraint"):
         spark.sql(f"INSERT INTO {root.ident('quarantine')} VALUES "
                   "('q', 'coco', 'x', null, null, 'because', null, 0, current_timestamp(), null, null)")
+
+
+def test_python_workers_do_not_reread_pysparks_archives_every_task(spark):
+    """``lakehouse.pydaemon``: the workers import pyspark from its folder, so the per-task
+    ``importlib.invalidate_caches()`` has no archive directory to read again."""
+    def importers(_):
+        import sys
+        import zipimport
+        yield from (k for k, v in sys.path_importer_cache.items()
+                    if isinstance(v, zipimport.zipimporter) and "pyspark" in k)
+
+    assert spark.conf.get("spark.python.daemon.module") == "lakehouse.pydaemon"
+    assert spark.sparkContext.parallelize(range(4), 2).mapPartitions(importers).collect() == []
