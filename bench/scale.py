@@ -122,7 +122,10 @@ def main():
             for b in recent:
                 runs[b["chunk"]] = (b["query_s"], runs[b["chunk"]][1] + b["new"])
             at["ingest_run_images_per_s_per_core"] = round(sum(v[1] for v in runs.values()) / sum(v[0] for v in runs.values()) / cores, 2)
+            at["ingest_inputs_per_s_per_core"] = round(sum(b["inputs"] for b in recent) / sum(b["seconds"] for b in recent) / cores, 2)
+            # the loop counts every input it validates (duplicates too), so the like-for-like ratio is on inputs
             at["plain_loop_images_per_s"] = plain_loop_rate(s, index - 1)
+            at["ingest_inputs_per_core_over_plain"] = round(at["ingest_inputs_per_s_per_core"] / at["plain_loop_images_per_s"], 3)
             at["ingest_per_core_over_plain"] = round(at["ingest_images_per_s_per_core"] / at["plain_loop_images_per_s"], 3)
             at["ingest_run_per_core_over_plain"] = round(at["ingest_run_images_per_s_per_core"] / at["plain_loop_images_per_s"], 3)
         if "round" in stages:
