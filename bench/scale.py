@@ -78,6 +78,8 @@ def main():
     p.add_argument("--specialists", default='[{"type": "contours"}]', help="round 1's specialist set (JSON)")
     p.add_argument("--home", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting over get_spark's (repeatable), to compare configurations")
     args = p.parse_args()
     points = [500, 1000, 2000] if args.quick else [int(x) for x in args.points.split(",")]
     stages = args.stages.split(",")
@@ -88,7 +90,7 @@ def main():
 
     home = Path(args.home or tempfile.mkdtemp(prefix="fld-scale-"))
     s = load_settings(home=home, max_files_per_trigger=10 * chunk)
-    spark = get_spark(s, "fld-bench-scale")
+    spark = get_spark(s, "fld-bench-scale", conf=dict(kv.split("=", 1) for kv in args.spark_conf))
     cores = os.cpu_count() or 1
     res = {"machine": f"{platform.machine()}, {cores} cores, {platform.python_version()}, Spark {s.spark_master}",
            "realistic": args.realistic, "chunk": chunk, "points": points, "stages": stages,
