@@ -312,6 +312,27 @@ def test_ocr_engines_take_one_core_each_by_default():
     assert engine.text_det.limit_type == "min"  # small images are still scaled up: the synthetic words need it
     assert tess.threads == 1
     assert from_config([{"type": "rapidocr", "threads": 0}])[0].model().text_rec.session.session.get_session_options().intra_op_num_threads == 0
+    # one line at a time at its own width: padding to 320 px and to a batch's widest line costs 1.9x on forms
+    assert engine.text_rec.rec_image_shape[2] == 48 and engine.text_rec.rec_batch_num == 1
+
+
+def test_annotation_rows_ask_the_specialist_for_its_version_once():
+    """The version goes into every row; asking Tesseract for it once per word spawned a process per word."""
+    import datetime as dt
+
+    from lakehouse.specialists.base import Specialist, provenance_rows
+
+    class Counting(Specialist):
+        name, asked = "counting", 0
+
+        @property
+        def version(self):
+            Counting.asked += 1
+            return "7"
+
+    anns = [{"kind": "word", "text": f"w{i}", "bbox": [i, 0, i + 1, 1]} for i in range(50)]
+    rows = provenance_rows("img", 100, 10, Counting(), anns, 1, dt.datetime(2026, 1, 1))
+    assert len(rows) == 50 and {r["annotator_version"] for r in rows} == {"7"} and Counting.asked == 1
 
 
 def test_gold_merged_without_its_rounds_row_is_not_read(spark, engine):

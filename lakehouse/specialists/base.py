@@ -69,7 +69,7 @@ def _clip_box(b, w, h):
 
 def provenance_rows(image_id: str, width: int, height: int, sp: Specialist, anns: list[dict], round_: int,
                     now) -> list[dict]:
-    rows = []
+    rows, version = [], sp.version
     for a in anns:
         bbox = _clip_box(a.get("bbox"), width, height)
         if bbox is not None and not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
@@ -77,7 +77,7 @@ def provenance_rows(image_id: str, width: int, height: int, sp: Specialist, anns
         conf = a.get("confidence")
         rows.append({
             "annotation_id": annotation_id(image_id, sp.name, a), "image_id": image_id, "round": round_,
-            "kind": a["kind"], "annotator": sp.name, "annotator_version": sp.version,
+            "kind": a["kind"], "annotator": sp.name, "annotator_version": version,
             "confidence": None if conf is None else float(min(max(conf, 0.0), 1.0)), "text": a.get("text"),
             "description": a.get("description"),
             "bbox": bbox, "polygons": a.get("polygons"), "quad": a.get("quad"), "created_at": now,

@@ -3,6 +3,7 @@ Both give words with quads (clockwise from top-left) and confidences in [0, 1]."
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import subprocess
@@ -28,10 +29,7 @@ class TesseractOCR(Specialist):
 
     @property
     def version(self) -> str:  # the engine's own version is the specialist's version
-        try:
-            return subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
-        except (OSError, IndexError):
-            return "missing"
+        return tesseract_version()
 
     def load(self):
         if self.version == "missing":
@@ -41,7 +39,7 @@ class TesseractOCR(Specialist):
     def annotate(self, image, image_id):
         self.model()
         buf = io.BytesIO()
-        image.save(buf, "PNG")
+        image.convert("RGB").save(buf, "PPM")  # same words as PNG, without a 30-180 ms zlib encode per image
         out = subprocess.run(["tesseract", "stdin", "stdout", "--psm", str(self.psm), "-l", self.lang, "tsv"],
                              input=buf.getvalue(), capture_output=True, check=True, timeout=self.timeout_s,
                              env=(os.environ | {"OMP_THREAD_LIMIT": str(self.threads)}) if self.threads else None).stdout.decode("utf-8", "replace")
@@ -57,6 +55,23 @@ class TesseractOCR(Specialist):
             words.append({"kind": "word", "text": text, "quad": box_quad(x, y, x + w, y + h),
                           "bbox": [x, y, x + w, y + h], "confidence": max(conf, 0.0)})
         return words
+
+
+# once per process: every annotation row carries its annotator's version, and asking the engine for
+# it each time spawned one `tesseract --version` per word (a third of the annotate stage on forms)
+@functools.lru_cache(maxsize=None)
+def tesseract_version() -> str:
+    try:
+        return subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
+    except (OSError, IndexError):
+        return "missing"
+
+
+@functools.lru_cache(maxsize=None)
+def _package_version(name: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(name)
 
 
 def split_line(quad, text: str, conf: float) -> list[dict]:
@@ -83,19 +98,23 @@ class RapidOCRSpecialist(Specialist):
     Tesseract's.  ``det_max_side``: the text detector sees the image with its longer side at most this.
     0 (default) keeps the engine's own rule, which scales a shorter side under 736 up to 736: it costs 5-7x
     on small images and is what finds the synthetic world's words (recall 1.0 against 0.82 at the
-    image's own 320 px: ``bench/specialists_real.py --entry '{"type": "rapidocr", "det_max_side": 960}'``)."""
+    image's own 320 px: ``bench/specialists_real.py --entry '{"type": "rapidocr", "det_max_side": 960}'``).
+
+    ``rec_min_width`` / ``rec_batch``: the recogniser's cost is linear in its input's width, and the engine
+    pads every line to at least 320 px and to the widest line of a batch of 6.  On one CPU thread a line
+    alone at its own width is 1.9x cheaper on FUNSD's forms at the same word F1 (``bench/specialists_real.py``);
+    a GPU session would want the engine's batches back (``rec_min_width=320, rec_batch=6``)."""
 
     name = "rapidocr"
     kinds = ("word",)
 
-    def __init__(self, threads: int = 1, det_max_side: int = 0):
+    def __init__(self, threads: int = 1, det_max_side: int = 0, rec_min_width: int = 48, rec_batch: int = 1):
         self.threads, self.det_max_side = threads, det_max_side
+        self.rec_min_width, self.rec_batch = rec_min_width, rec_batch
 
     @property
     def version(self) -> str:
-        import importlib.metadata
-
-        return importlib.metadata.version("rapidocr-onnxruntime")
+        return _package_version("rapidocr-onnxruntime")
 
     def load(self):
         from rapidocr_onnxruntime import RapidOCR
@@ -103,10 +122,15 @@ class RapidOCRSpecialist(Specialist):
         kw = {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1} if self.threads else {}
         if self.det_max_side:
             kw |= {"det_limit_type": "max", "det_limit_side_len": self.det_max_side}
-        return RapidOCR(**kw)
+        engine = RapidOCR(**kw)
+        c, h, _ = engine.text_rec.rec_image_shape
+        engine.text_rec.rec_image_shape = [c, h, self.rec_min_width]
+        engine.text_rec.rec_batch_num = self.rec_batch
+        return engine
 
     def annotate(self, image, image_id):
-        result, _ = self.model()(np.asarray(image.convert("RGB"))[:, :, ::-1])
+        # contiguous BGR: a reversed-stride view is copied whole by OpenCV once per text line it crops
+        result, _ = self.model()(np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]))
         words = []
         for quad, text, score in result or []:
             words += split_line(quad, text, score)
