@@ -302,6 +302,19 @@ def test_ocr_specialists_on_real_words(real_dev, dataset, engine_name, floor):
     assert f1 >= floor
 
 
+def test_tesseract_reads_a_batch_in_one_process_with_the_same_words(real_dev):
+    """One process per batch (a list file) skips a language-model load per image; pages are independent."""
+    from PIL import Image
+
+    sp = from_config([{"type": "tesseract"}])[0]
+    assert sp.batched
+    files = [sorted((real_dev / ds / "images").iterdir())[k] for ds in ("funsd_train", "icdar2015_train") for k in (0, 1)]
+    images = [Image.open(f).convert("RGB") for f in files]
+    one = [sp.annotate(im, f.name) for im, f in zip(images, files)]
+    assert sum(map(len, one)) > 20
+    assert sp.annotate_batch(images, [f.name for f in files]) == one
+
+
 def test_ocr_engines_take_one_core_each_by_default():
     """Spark runs one image per core; an engine that also spreads over every core oversubscribes them
     (Tesseract on a FUNSD form: 2.1 s with OpenMP's default threads, 1.0 s with one)."""
