@@ -68,21 +68,36 @@ def write_manifest(landing: Path, rows: int, images: int, malformed: float, imag
     return {"rows": rows, "malformed": bad, "distinct_images": min(images, rows - bad)}
 
 
-def tree_rss(pid: int) -> int:
+def _pss(pid: int) -> int:
+    """Proportional set size: a page shared by n processes counts 1/n in each (Python workers fork from
+    one daemon and share most of their pages, which a sum of RSS counts once per worker)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) << 10
+    except OSError:
+        pass
+    return 0
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over a process and its descendants; PSS is 0 where /proc lacks it."""
     import psutil
 
     try:
         p = psutil.Process(pid)
         procs = [p, *p.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    rss = pss = 0
     for q in procs:
         try:
-            total += q.memory_info().rss
+            rss += q.memory_info().rss
+            pss += _pss(q.pid)
         except psutil.NoSuchProcess:
             pass
-    return total
+    return rss, pss
 
 
 def run(rows: int, images: int, malformed: float, home: Path, extra: list[str], image_mb: float = 0) -> dict:
@@ -91,14 +106,15 @@ def run(rows: int, images: int, malformed: float, home: Path, extra: list[str], 
     proc = subprocess.Popen([sys.executable, "-m", "jobs.ingest", "--home", str(home), *extra], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    peak = 0
+    peak = peak_pss = 0
     out = []
     import threading
 
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
+        rss, pss = tree_memory(proc.pid)
+        peak, peak_pss = max(peak, rss), max(peak_pss, pss)
         time.sleep(0.25)
     reader.join(10)
     seconds = time.perf_counter() - t0
@@ -107,6 +123,7 @@ def run(rows: int, images: int, malformed: float, home: Path, extra: list[str], 
         raise SystemExit(f"ingest failed (rc {proc.returncode}):\n{text[-3000:]}")
     batches = [line for line in text.splitlines() if line.startswith("[ingest] batch")]
     return {**expected, "seconds": round(seconds, 1), "peak_rss_mib": round(peak / 2**20),
+            "peak_pss_mib": round(peak_pss / 2**20) if peak_pss else None,
             "micro_batches": len(batches), "log": batches}
 
 

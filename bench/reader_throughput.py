@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.big_manifest import tree_rss  # noqa: E402
+from bench.big_manifest import tree_memory  # noqa: E402
 from lakehouse.config import load_settings  # noqa: E402
 from florence2.recipe import check_count  # noqa: E402
 from lakehouse.reader import delta_slice, example_batches, image_decoder, iterate_rows, make_reader  # noqa: E402
@@ -58,7 +58,7 @@ class PeakRSS:
 
         def watch():
             while not self.done.wait(0.2):
-                self.peak = max(self.peak, tree_rss(os.getpid()))
+                self.peak = max(self.peak, tree_memory(os.getpid())[0])
 
         self.thread = threading.Thread(target=watch, daemon=True)
         self.thread.start()
