@@ -80,6 +80,25 @@ def contour_boxes(images) -> dict:
     return {name: [a["bbox"] for a in sp.annotate(img, name)] for name, img, _ in images}
 
 
+def tesseract_batches(real_dev: Path, batch: int = 8) -> dict:
+    """Tesseract over every real image, one process per image vs one per batch (a list file): seconds and
+    whether the words are the same."""
+    from lakehouse.images import decode_rgb
+    from lakehouse.specialists import from_config
+
+    sp = from_config([{"type": "tesseract"}])[0]
+    files = [f for ds in ("coco_train2017_det_caption", *OCR_SETS) for f in sorted((real_dev / ds / "images").iterdir())]
+    images = [decode_rgb(f.read_bytes()) for f in files]
+    t0 = time.perf_counter()
+    one = [sp.annotate(im, f.name) for im, f in zip(images, files)]
+    t1 = time.perf_counter()
+    many = [w for k in range(0, len(images), batch)
+            for w in sp.annotate_batch(images[k:k + batch], [f.name for f in files[k:k + batch]])]
+    t2 = time.perf_counter()
+    return {"images": len(images), "batch": batch, "one_by_one_s": round(t1 - t0, 1), "batched_s": round(t2 - t1, 1),
+            "same_words": sum(a == b for a, b in zip(one, many)), "words": sum(map(len, one))}
+
+
 def spark_stage(real_dev: Path, specialists: list[dict], repeat: int) -> dict:
     """The round's annotate stage as Spark runs it: every real image (COCO, FUNSD, ICDAR) ``repeat`` times."""
     from lakehouse.config import load_settings
@@ -141,6 +160,8 @@ def main():
                 key = f"{name} {json.dumps(entry)} {ds}"
                 res["per_setting"][key] = m
                 print(key, m, flush=True)
+    res["tesseract_batches"] = tesseract_batches(real_dev)
+    print("tesseract batches", res["tesseract_batches"], flush=True)
     if not args.skip_spark:
         for name in args.settings.split(","):
             spec = settings[name] + [{"type": "contours"}]
