@@ -131,7 +131,7 @@ def main():
     p.add_argument("--real-dev", default=str(ROOT.parent / "shared" / "data" / "real_dev"))
     p.add_argument("--limit", type=int, default=20, help="images per dataset for the per-setting table")
     p.add_argument("--repeat", type=int, default=1, help="copies of each real image in the Spark stage")
-    p.add_argument("--settings", default="before,padded,after", help="which specialist settings to compare")
+    p.add_argument("--settings", default="before,padded,unpadded,after", help="which specialist settings to compare")
     p.add_argument("--entry", action="append", default=[], help="extra specialist setting as JSON (table only)")
     p.add_argument("--skip-spark", action="store_true")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "specialists_real.json"))
@@ -140,11 +140,14 @@ def main():
     from lakehouse.rounds import DEFAULT_SPECIALISTS
 
     # "before": each engine as it ran up to issue 10; "padded": one thread each, with RapidOCR's recogniser
-    # padding every line to >= 320 px in batches of 6 (the engine's own rule); "after": the registry's default now
+    # padding every line to >= 320 px in batches of 6 (the engine's own rule); "unpadded": each line alone at
+    # its own width (stop 27's defaults); all three on ONNX Runtime; "after": the registry's defaults now
+    engine = {"runtime": "onnxruntime", "rec_width_step": 0}
     settings = {
         "before": [{"type": "tesseract", "threads": 0},
-                   {"type": "rapidocr", "threads": 0, "det_max_side": 0, "rec_min_width": 320, "rec_batch": 6}],
-        "padded": [{"type": "tesseract"}, {"type": "rapidocr", "rec_min_width": 320, "rec_batch": 6}],
+                   {"type": "rapidocr", "threads": 0, "rec_min_width": 320, "rec_batch": 6, **engine}],
+        "padded": [{"type": "tesseract"}, {"type": "rapidocr", "rec_min_width": 320, "rec_batch": 6, **engine}],
+        "unpadded": [{"type": "tesseract"}, {"type": "rapidocr", **engine}],
         "after": [dict(e) for e in DEFAULT_SPECIALISTS if e["type"] != "contours"],
     }
     settings["extra"] = [json.loads(e) for e in args.entry]

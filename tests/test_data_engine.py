@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -321,12 +322,46 @@ def test_ocr_engines_take_one_core_each_by_default():
     rapid, tess = (from_config([{"type": t}])[0] for t in ("rapidocr", "tesseract"))
     engine = rapid.model()
     for part in (engine.text_det.infer, engine.text_cls.infer, engine.text_rec.session):
-        assert part.session.get_session_options().intra_op_num_threads == 1
+        compiled = part.request.get_compiled_model()
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert compiled.get_property("ENABLE_CPU_PINNING") is False  # two workers' pinned threads can share a core
     assert engine.text_det.limit_type == "min"  # small images are still scaled up: the synthetic words need it
     assert tess.threads == 1
-    assert from_config([{"type": "rapidocr", "threads": 0}])[0].model().text_rec.session.session.get_session_options().intra_op_num_threads == 0
+    ort = from_config([{"type": "rapidocr", "threads": 0, "runtime": "onnxruntime"}])[0].model()
+    assert ort.text_rec.session.session.get_session_options().intra_op_num_threads == 0
     # one line at a time at its own width: padding to 320 px and to a batch's widest line costs 1.9x on forms
     assert engine.text_rec.rec_image_shape[2] == 48 and engine.text_rec.rec_batch_num == 1
+
+
+def test_rapidocr_reads_the_same_words_on_openvino_as_on_onnx_runtime(real_dev):
+    """OpenVINO is the default runtime because it is faster on CPU; it must not change what is read."""
+    from PIL import Image
+
+    ov, ort = (from_config([{"type": "rapidocr", "runtime": r}])[0] for r in ("openvino", "onnxruntime"))
+    assert ov.version != ort.version and "openvino" in ov.version  # provenance names the runtime
+    files = [sorted((real_dev / ds / "images").iterdir())[0] for ds in ("funsd_train", "icdar2015_train")]
+    words = 0
+    for f in files:
+        img = Image.open(f).convert("RGB")
+        a, b = ov.annotate(img, f.name), ort.annotate(img, f.name)
+        assert [w["text"] for w in a] == [w["text"] for w in b], f.name
+        assert np.allclose([w["confidence"] for w in a], [w["confidence"] for w in b], atol=1e-3)
+        words += len(a)
+    assert words > 20
+    with pytest.raises(ValueError, match="runtime"):
+        from_config([{"type": "rapidocr", "runtime": "tensorrt"}])
+
+
+def test_recogniser_lines_are_stretched_to_a_width_step_and_padded_as_a_batch_needs():
+    from lakehouse.specialists.ocr import stretch_line
+
+    line = np.full((30, 100, 3), 255, np.uint8)   # 160 px wide at height 48
+    one = stretch_line((3, 48, 48), 32, line, 100 / 30)
+    assert one.shape == (3, 48, 160) and np.allclose(one, 1.0)
+    narrow = stretch_line((3, 48, 48), 32, line[:, :20], 20 / 30)   # 32 px, padded (not stretched) to 48
+    assert narrow.shape == (3, 48, 48) and np.allclose(narrow[:, :, :32], 1.0) and not narrow[:, :, 32:].any()
+    batch = stretch_line((3, 48, 48), 32, line, 300 / 30)   # the batch's widest line is 480 px
+    assert batch.shape == (3, 48, 480) and np.allclose(batch[:, :, :160], 1.0) and not batch[:, :, 160:].any()
 
 
 def test_annotation_rows_ask_the_specialist_for_its_version_once():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
 import os
 import subprocess
 import tempfile
@@ -99,6 +100,21 @@ def _package_version(name: str) -> str:
     return importlib.metadata.version(name)
 
 
+def stretch_line(shape, step: int, img: np.ndarray, max_wh_ratio: float) -> np.ndarray:
+    """The recogniser's input for one text line: resized to height ``H`` and to its width rounded up to a
+    multiple of ``step``, normalised as the engine does, then padded as the engine pads: to the shape's
+    width, and in a batch to the width its widest line (``max_wh_ratio``) rounds to."""
+    import cv2
+
+    c, H, min_w = shape
+    h, w = img.shape[:2]
+    width = math.ceil(H * w / h / step) * step
+    out = np.zeros((c, H, max(width, min_w, math.ceil(H * max_wh_ratio / step) * step)), dtype=np.float32)
+    line = cv2.resize(img, (width, H)).astype(np.float32).transpose((2, 0, 1)) / 255
+    out[:, :, :width] = (line - 0.5) / 0.5
+    return out
+
+
 def split_line(quad, text: str, conf: float) -> list[dict]:
     """A detected text line -> its words, each with the share of the line quad its characters take."""
     tokens = text.split()
@@ -118,6 +134,28 @@ def split_line(quad, text: str, conf: float) -> list[dict]:
     return out
 
 
+RUNTIMES = ("openvino", "onnxruntime")
+
+
+class OpenVINOSession:
+    """One of the engine's ONNX models compiled by OpenVINO, called like the engine's ``OrtInferSession``."""
+
+    def __init__(self, model_path: str, threads: int = 1):
+        import openvino as ov
+
+        # no pinning: Spark runs one of these per core in separate processes, and pinned threads of two
+        # processes can land on the same core
+        cfg = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False, "NUM_STREAMS": 1}
+        if threads:
+            cfg["INFERENCE_NUM_THREADS"] = threads
+        self.model_path = str(model_path)
+        self.request = ov.Core().compile_model(self.model_path, "CPU", cfg).create_infer_request()
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        # the request reuses its output buffer on the next call: copy
+        return [np.array(self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[0])]
+
+
 class RapidOCRSpecialist(Specialist):
     """``threads``: ONNX Runtime threads per session (0 = its default, all cores), for the same reason as
     Tesseract's.  ``det_max_side``: the text detector sees the image with its longer side at most this.
@@ -129,18 +167,31 @@ class RapidOCRSpecialist(Specialist):
     pads every line to at least 320 px and to the widest line of a batch of 6.  On one CPU thread, lines read
     alone at their own width cost 1.9x less to recognise on FUNSD's forms, at a slightly better word F1
     (0.459 vs 0.434, ``bench/specialists_real.py``);
-    a GPU session would want the engine's batches back (``rec_min_width=320, rec_batch=6``)."""
+    a GPU session would want the engine's batches back (``rec_min_width=320, rec_batch=6``).
+
+    ``rec_width_step``: each line is stretched to its width rounded up to a multiple of this (0: the engine's
+    own resize, which pads).  OpenVINO reuses a compiled shape, and FUNSD's ~54 lines per form have ~33
+    distinct widths unrounded: recognition 12% cheaper per form, word F1 0.463 vs 0.459 (ICDAR 0.343 vs
+    0.296; zero-padding to the step instead cost F1: 0.454).
+
+    ``runtime``: ``"openvino"`` (default) runs the engine's ONNX models with OpenVINO, ~1.35x faster than ONNX
+    Runtime on one x86 core for the same outputs (within 3e-6); ``"onnxruntime"`` keeps the engine's own."""
 
     name = "rapidocr"
     kinds = ("word",)
 
-    def __init__(self, threads: int = 1, det_max_side: int = 0, rec_min_width: int = 48, rec_batch: int = 1):
+    def __init__(self, threads: int = 1, det_max_side: int = 0, rec_min_width: int = 48, rec_batch: int = 1,
+                 rec_width_step: int = 32, runtime: str = "openvino"):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"rapidocr runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
         self.threads, self.det_max_side = threads, det_max_side
-        self.rec_min_width, self.rec_batch = rec_min_width, rec_batch
+        self.rec_min_width, self.rec_batch, self.runtime = rec_min_width, rec_batch, runtime
+        self.rec_width_step = rec_width_step
 
     @property
     def version(self) -> str:
-        return _package_version("rapidocr-onnxruntime")
+        v = _package_version("rapidocr-onnxruntime")
+        return v if self.runtime == "onnxruntime" else f"{v}+openvino-{_package_version('openvino')}"
 
     def load(self):
         from rapidocr_onnxruntime import RapidOCR
@@ -152,6 +203,12 @@ class RapidOCRSpecialist(Specialist):
         c, h, _ = engine.text_rec.rec_image_shape
         engine.text_rec.rec_image_shape = [c, h, self.rec_min_width]
         engine.text_rec.rec_batch_num = self.rec_batch
+        if self.rec_width_step:
+            engine.text_rec.resize_norm_img = functools.partial(stretch_line, engine.text_rec.rec_image_shape,
+                                                                self.rec_width_step)
+        if self.runtime == "openvino":
+            for part, attr in ((engine.text_det, "infer"), (engine.text_cls, "infer"), (engine.text_rec, "session")):
+                setattr(part, attr, OpenVINOSession(getattr(part, attr).session._model_path, self.threads))
         return engine
 
     def annotate(self, image, image_id):
