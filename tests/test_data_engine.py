@@ -352,6 +352,18 @@ def test_rapidocr_reads_the_same_words_on_openvino_as_on_onnx_runtime(real_dev):
         from_config([{"type": "rapidocr", "runtime": "tensorrt"}])
 
 
+def test_detector_preprocessing_in_float32_matches_the_engines():
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+
+    from lakehouse.specialists.ocr import Float32DetPreProcess
+
+    img = np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    op = DetPreProcess(736, "min", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    want, got = op(img), Float32DetPreProcess(op)(img)
+    assert got.shape == want.shape == (1, 3, 736, 1216) and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-5
+
+
 def test_recogniser_lines_are_stretched_to_a_width_step_and_padded_as_a_batch_needs():
     from lakehouse.specialists.ocr import stretch_line
 

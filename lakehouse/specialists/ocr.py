@@ -100,6 +100,26 @@ def _package_version(name: str) -> str:
     return importlib.metadata.version(name)
 
 
+class Float32DetPreProcess:
+    """The text detector's preprocessing (``op``: the engine's) in float32: the engine's mean and std are
+    float64 arrays, which made normalising a form ~65 ms, 4% of its RapidOCR time."""
+
+    def __init__(self, op):
+        self.op = op
+        self.a = (op.scale / op.std).astype(np.float32)
+        self.b = (-op.mean / op.std).astype(np.float32)
+
+    def __call__(self, img: np.ndarray) -> np.ndarray | None:
+        img = self.op.resize(img)
+        if img is None:
+            return None
+        out = np.empty((1, 3, *img.shape[:2]), dtype=np.float32)
+        for c in range(3):
+            np.multiply(img[:, :, c], self.a[c], out=out[0, c])
+            out[0, c] += self.b[c]
+        return out
+
+
 def stretch_line(shape, step: int, img: np.ndarray, max_wh_ratio: float) -> np.ndarray:
     """The recogniser's input for one text line: resized to height ``H`` and to its width rounded up to a
     multiple of ``step``, normalised as the engine does, then padded as the engine pads: to the shape's
@@ -203,6 +223,8 @@ class RapidOCRSpecialist(Specialist):
         c, h, _ = engine.text_rec.rec_image_shape
         engine.text_rec.rec_image_shape = [c, h, self.rec_min_width]
         engine.text_rec.rec_batch_num = self.rec_batch
+        get = engine.text_det.get_preprocess
+        engine.text_det.get_preprocess = lambda max_wh: Float32DetPreProcess(get(max_wh))
         if self.rec_width_step:
             engine.text_rec.resize_norm_img = functools.partial(stretch_line, engine.text_rec.rec_image_shape,
                                                                 self.rec_width_step)
