@@ -352,6 +352,16 @@ def test_rapidocr_reads_the_same_words_on_openvino_as_on_onnx_runtime(real_dev):
         from_config([{"type": "rapidocr", "runtime": "tensorrt"}])
 
 
+def test_rapidocr_without_openvino_says_what_to_install_or_configure(monkeypatch):
+    import sys
+
+    from lakehouse.specialists.ocr import OpenVINOSession
+
+    monkeypatch.setitem(sys.modules, "openvino", None)   # as if it were not installed
+    with pytest.raises(RuntimeError, match='"runtime": "onnxruntime"'):
+        OpenVINOSession("any.onnx")
+
+
 def test_detector_preprocessing_in_float32_matches_the_engines():
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
 

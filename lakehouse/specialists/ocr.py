@@ -97,7 +97,10 @@ def tesseract_version() -> str:
 def _package_version(name: str) -> str:
     import importlib.metadata
 
-    return importlib.metadata.version(name)
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"   # load() says what to install
 
 
 class Float32DetPreProcess:
@@ -161,7 +164,11 @@ class OpenVINOSession:
     """One of the engine's ONNX models compiled by OpenVINO, called like the engine's ``OrtInferSession``."""
 
     def __init__(self, model_path: str, threads: int = 1):
-        import openvino as ov
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise RuntimeError('RapidOCR\'s default runtime needs openvino (requirements/lock.txt); install it, '
+                               'or configure {"type": "rapidocr", "runtime": "onnxruntime"}') from e
 
         # no pinning: Spark runs one of these per core in separate processes, and pinned threads of two
         # processes can land on the same core
