@@ -175,8 +175,7 @@ class OpenVINOSession:
         cfg = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False, "NUM_STREAMS": 1}
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = threads
-        self.model_path = str(model_path)
-        self.request = ov.Core().compile_model(self.model_path, "CPU", cfg).create_infer_request()
+        self.request = ov.Core().compile_model(str(model_path), "CPU", cfg).create_infer_request()
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         # the request reuses its output buffer on the next call: copy
