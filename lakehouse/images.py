@@ -22,23 +22,15 @@ def image_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def inspect_image(data: bytes | None, max_pixels: int) -> tuple[str, int, int, str]:
+def inspect_image(data: bytes | None, max_pixels: int, decode: bool = True) -> tuple[str, int, int, str]:
     """Return (image_id, width, height, format) or raise ImageRejected.
 
-    The pixel limit is checked from the header, before any pixel is decoded.
+    The pixel limit is checked from the header, before any pixel is decoded.  ``decode=False`` stops
+    there: the pixels are checked later (``check_pixels``), once per distinct image, not per input.
     """
     if not data:
         raise ImageRejected("empty_file", "0 bytes")
-    Image.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise ImageRejected("too_many_pixels", str(e)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageRejected("not_an_image", f"{len(data)} bytes, no decoder recognises them ({e})") from None
-    with img:
+    with _open(data) as img:
         fmt, (w, h) = img.format, img.size
         if fmt not in IMAGE_FORMATS:
             raise ImageRejected("unsupported_format", f"{fmt} (supported: {', '.join(IMAGE_FORMATS)})")
@@ -46,13 +38,37 @@ def inspect_image(data: bytes | None, max_pixels: int) -> tuple[str, int, int, s
             raise ImageRejected("too_many_pixels", f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
         if w <= 0 or h <= 0:
             raise ImageRejected("not_an_image", f"size {w}x{h}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img.load()
-        except Exception as e:  # PIL raises OSError/SyntaxError/struct.error on cut data
-            raise ImageRejected("truncated_image", f"{fmt} {w}x{h}, pixel data unreadable: {e}") from None
+        if decode:
+            _load(img)
     return image_id(data), w, h, fmt
+
+
+def check_pixels(data: bytes) -> None:
+    """Decode every pixel of bytes whose header ``inspect_image(decode=False)`` accepted; raises
+    ImageRejected (``truncated_image`` where the pixel data is unreadable)."""
+    with _open(data) as img:
+        _load(img)
+
+
+def _open(data: bytes) -> Image.Image:
+    Image.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageRejected("too_many_pixels", str(e)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageRejected("not_an_image", f"{len(data)} bytes, no decoder recognises them ({e})") from None
+
+
+def _load(img: Image.Image) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+    except Exception as e:  # PIL raises OSError/SyntaxError/struct.error on cut data
+        raise ImageRejected("truncated_image", f"{img.format} {img.width}x{img.height}, pixel data unreadable: {e}") from None
 
 
 def decode_rgb(data: bytes) -> Image.Image:

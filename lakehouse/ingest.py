@@ -32,7 +32,7 @@ from pyspark.sql import types as T
 from lakehouse.config import Settings
 from lakehouse.faults import crash_point
 from lakehouse.fetch import FetchPolicy, fetch_url, is_remote, read_local, redact
-from lakehouse.images import ImageRejected, inspect_image
+from lakehouse.images import ImageRejected, check_pixels, inspect_image
 from lakehouse.sources import ADAPTERS
 from lakehouse.sources.base import local_path
 from lakehouse.spark import json_columns, on_databricks, parse_json_columns
@@ -90,7 +90,8 @@ def fetch_bytes(uri: str, root: str | None, policy: FetchPolicy) -> bytes:
     return read_local(local_path(uri), root, policy.max_bytes)
 
 
-def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy) -> dict:
+def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy, decode: bool = True) -> dict:
+    """Fetch and check one manifest row; ``decode=False`` checks the header only (``inspect_image``)."""
     out = {k: row.get(k) for k in RESOLVED.fieldNames()}
     out["uri"] = redact(row.get("uri"))  # no credentials or signed query strings in any table
     out["content"] = None
@@ -103,7 +104,7 @@ def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy) -> dict:
                 raise ImageRejected("malformed_record", "record has neither bytes nor uri")
             data = fetch_bytes(row["uri"], row.get("root"), policy)
         out["size_bytes"] = len(data)
-        out["image_id"], out["width"], out["height"], out["format"] = inspect_image(bytes(data), max_pixels)
+        out["image_id"], out["width"], out["height"], out["format"] = inspect_image(bytes(data), max_pixels, decode)
         out["content"] = bytes(data)
     except ImageRejected as e:
         out["reason"], out["detail"] = e.reason, e.detail[:2000]
@@ -133,11 +134,12 @@ def _rereadable(row: dict) -> bool:
 
 
 def _resolve(max_pixels: int, policy: FetchPolicy, batches):
-    """Resolved rows of each chunk, in order.  Their bytes are dropped where a second pass can read them
-    again (``_rereadable``): a micro-batch holds only keys and metadata, whatever its images weigh, and
-    ``_chosen_bytes`` reads the new images' bytes once more while bronze is written.  Only remote fetches
-    go to the thread pool: they wait on the network; local reads and image checks hold the GIL, and
-    threads made them 2.5x slower."""
+    """Resolved rows of each chunk, in order.  Where a second pass can read a row's bytes again
+    (``_rereadable``) they are dropped and only the header is checked: a micro-batch holds only keys and
+    metadata, whatever its images weigh, and ``_chosen_bytes`` reads the new images' bytes once more,
+    decoding their pixels while bronze is written, so an image is decoded once, not once per input that
+    carries it.  Only remote fetches go to the thread pool: they wait on the network; local reads and
+    image checks hold the GIL, and threads made them 2.5x slower."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pandas as pd
@@ -148,7 +150,7 @@ def _resolve(max_pixels: int, policy: FetchPolicy, batches):
             rows = parse_json_columns(pdf, ["labels"]).to_dict("records")
             remote = {i: pool.submit(resolve_row, r, max_pixels, policy) for i, r in enumerate(rows)
                       if r.get("content") is None and r.get("uri") and is_remote(r["uri"])}
-            out = [remote[i].result() if i in remote else resolve_row(r, max_pixels, policy)
+            out = [remote[i].result() if i in remote else resolve_row(r, max_pixels, policy, not _rereadable(r))
                    for i, r in enumerate(rows)]
             for o, r in zip(out, rows):
                 o["row_id"] = _row_id(r, seen)
@@ -160,17 +162,13 @@ def _resolve(max_pixels: int, policy: FetchPolicy, batches):
 CHOSEN_BYTES_CHUNK = 32 << 20   # bytes per frame _chosen_bytes hands to the JVM
 
 
-def _chosen_bytes(policy: FetchPolicy, wanted: dict, batch_id: int, batches):
-    """(image_id, content) of the new images whose bytes ``_resolve`` dropped, read again from the
-    manifest rows.  ``wanted`` maps a row identity to the image ids chosen among its rows; identical
-    rows are interchangeable, so a row is taken when its bytes hash to a wanted id.  All rows of an
-    identity are in this task (partitioning by uri), so a wanted id none of them has means the bytes
-    changed since they were checked: the write fails before bronze commits, and the replayed batch
-    checks the bytes as they are now."""
-    import pandas as pd
-
+def _reread(policy: FetchPolicy, wanted: dict, batches, changed: list):
+    """(image id, bytes) of the manifest rows whose bytes hash to an image id ``wanted`` for their
+    identity (``wanted`` maps a row identity to the image ids to find among its rows; identical rows are
+    interchangeable).  At the end ``changed`` gets the identities with ids left over: rows whose bytes
+    changed since they were checked.  All rows of an identity are in this task (partitioning by uri)."""
     left = {k: list(v) for k, v in wanted.items()}
-    seen, out, size = set(), [], 0
+    seen = set()
     for pdf in batches:
         for r in pdf.to_dict("records"):
             key = _identity(r)
@@ -185,18 +183,54 @@ def _chosen_bytes(policy: FetchPolicy, wanted: dict, batch_id: int, batches):
             h = hashlib.sha256(data).hexdigest()
             if h in left[key]:
                 left[key].remove(h)
-                out.append((h, data))
-                size += len(data)
-                if size >= CHOSEN_BYTES_CHUNK:
-                    yield pd.DataFrame(out, columns=["image_id", "content"])
-                    out, size = [], 0
-    changed = [k for k in seen if left[k]]
+                yield h, data
+    changed.extend(k for k in seen if left[k])
+
+
+def _chosen_bytes(policy: FetchPolicy, wanted: dict, batch_id: int, counters, batches):
+    """(image_id, content) of the new images whose bytes ``_resolve`` dropped, read again from the
+    manifest rows (``_reread``) and their pixels decoded; an image whose pixels are unreadable is left
+    out (``write_batch`` finds it missing from bronze and quarantines its rows, ``_pixel_faults``).
+    Bytes that changed since the check fail the write before bronze commits, and the replayed batch
+    checks them as they are now."""
+    import pandas as pd
+
+    out, size, changed, decoded, faults = [], 0, [], 0, 0
+    for h, data in _reread(policy, wanted, batches, changed):
+        decoded += 1
+        try:
+            check_pixels(data)
+        except ImageRejected:
+            faults += 1
+            continue
+        out.append((h, data))
+        size += len(data)
+        if size >= CHOSEN_BYTES_CHUNK:
+            yield pd.DataFrame(out, columns=["image_id", "content"])
+            out, size = [], 0
+    if counters is not None:   # Spark accumulators: images decoded, and how many did not decode
+        counters[0].add(decoded)
+        counters[1].add(faults)
     if changed:
         raise RuntimeError(f"ingest batch {batch_id}: the bytes behind {len(changed)} manifest row(s) changed "
                            f"between the check and the write (landed files must not be modified); nothing "
                            f"was written and the batch will be checked again when the query restarts")
     if out:
         yield pd.DataFrame(out, columns=["image_id", "content"])
+
+
+def _pixel_faults(policy: FetchPolicy, wanted: dict, batches):
+    """(image_id, reason, detail) of the chosen images ``_chosen_bytes`` left out, decoded again for
+    the reason (few: an image whose header reads but whose pixels do not)."""
+    import pandas as pd
+
+    out = []
+    for h, data in _reread(policy, wanted, batches, []):
+        try:
+            check_pixels(data)
+        except ImageRejected as e:
+            out.append((h, e.reason, e.detail[:2000]))
+    yield pd.DataFrame(out, columns=["image_id", "reason", "detail"])
 
 
 def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> DataFrame:
@@ -225,21 +259,30 @@ def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> D
     return out
 
 
-def _by_uri(df: DataFrame, settings: Settings) -> DataFrame:
+def by_uri(df: DataFrame, settings: Settings) -> DataFrame:
+    """Manifest rows spread over ``shuffle_partitions`` tasks by uri, as every pass over a micro-batch
+    reads them: one large manifest file is parsed by one task, but its rows are fetched and hashed by
+    all of them, and identical rows (same uri) meet in one task."""
     return json_columns(df.repartition(settings.shuffle_partitions, "uri"), ["labels"])
 
 
-def resolve(df: DataFrame, settings: Settings) -> DataFrame:
-    """Fetched and checked rows, spread over ``shuffle_partitions`` tasks by uri: one large manifest
-    file is parsed by one task, but its rows are fetched and hashed by all of them."""
+def resolve(rows: DataFrame, settings: Settings) -> DataFrame:
+    """Fetched and checked rows of ``by_uri`` manifest rows."""
     fn = functools.partial(_resolve, settings.max_image_pixels, FetchPolicy.from_settings(settings))
-    return _by_uri(df, settings).mapInPandas(fn, schema=RESOLVED)
+    return rows.mapInPandas(fn, schema=RESOLVED)
 
 
-def chosen_bytes(df: DataFrame, settings: Settings, wanted: dict, batch_id: int) -> DataFrame:
-    """``_chosen_bytes`` over the manifest rows ``df``, partitioned as ``resolve`` partitions them."""
-    fn = functools.partial(_chosen_bytes, FetchPolicy.from_settings(settings), wanted, batch_id)
-    return _by_uri(df, settings).mapInPandas(fn, schema="image_id string, content binary")
+def chosen_bytes(rows: DataFrame, settings: Settings, wanted: dict, batch_id: int, counters=None) -> DataFrame:
+    """``_chosen_bytes`` over ``by_uri`` manifest rows; ``counters``: two int accumulators that get the
+    images decoded and those whose pixels did not decode."""
+    fn = functools.partial(_chosen_bytes, FetchPolicy.from_settings(settings), wanted, batch_id, counters)
+    return rows.mapInPandas(fn, schema="image_id string, content binary")
+
+
+def pixel_faults(rows: DataFrame, settings: Settings, wanted: dict) -> DataFrame:
+    """``_pixel_faults`` over ``by_uri`` manifest rows."""
+    fn = functools.partial(_pixel_faults, FetchPolicy.from_settings(settings), wanted)
+    return rows.mapInPandas(fn, schema="image_id string, reason string, detail string")
 
 
 def _quarantine_id():
@@ -344,15 +387,18 @@ def _pixel_bbox():
     return F.when(F.coalesce(lab.normalized, F.lit(False)) & lab.bbox.isNotNull(), scaled).otherwise(lab.bbox)
 
 
+def _held_before(spark, root: TableRoot, name: str, key: str, query: str, batch_id: int) -> DataFrame:
+    """The keys table ``name`` held before this batch: rows this same batch wrote before a crash are
+    left out, so a replay finds exactly what the first attempt found.  Only the table's key and
+    batch-tag columns are read."""
+    return (read(spark, root, name)
+            .filter(~((F.col("ingest_query") == query) & (F.col("ingest_batch") == batch_id))).select(key))
+
+
 def _not_yet_in(spark, root: TableRoot, name: str, rows: DataFrame, key: str, query: str,
                 batch_id: int) -> DataFrame:
-    """The rows of ``rows`` whose key the table does not hold, leaving out rows this same batch wrote
-    before a crash, so a replay finds exactly the rows the first attempt found.  Only the table's key
-    and batch-tag columns are read."""
-    have = (read(spark, root, name)
-            .filter(~((F.col("ingest_query") == query) & (F.col("ingest_batch") == batch_id)))
-            .select(key))
-    return rows.join(have, key, "left_anti")
+    """The rows of ``rows`` whose key the table did not hold before this batch."""
+    return rows.join(_held_before(spark, root, name, key, query, batch_id), key, "left_anti")
 
 
 def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, query: str = QUERY_NAME,
@@ -368,12 +414,16 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
     Memory does not grow with the images' size: the checked batch that every decision reads holds no
     bytes (``_resolve``); the new images' bytes are read once more by the tasks that write bronze
     (``chosen_bytes``), and only a remote image's bytes, which a second read would fetch again, are kept.
+    Pixels are decoded once per new image, by those tasks: an input whose image bronze already holds,
+    or that repeats one of the batch, had its header checked and its bytes hashed, and an image whose
+    pixels do not decode is quarantined with every input that carried it (``_with_pixel_faults``).
     """
     from lakehouse.tables import TABLES
 
     root = settings.tables
     app_id = app_id or f"fld-{query}"
-    df = resolve(landed, settings).persist()
+    rows = by_uri(landed, settings)
+    df = resolve(rows, settings).persist()
     written = []
     try:
         now = F.current_timestamp()
@@ -382,21 +432,28 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
         meta = ["image_id", "width", "height", "format", "source_kind", "source_name", "original_id", "uri"]
         # which row of each image is new is decided on keys alone, never moving bytes
         first = Window.partitionBy("image_id").orderBy("source_kind", "source_name", "original_id", "row_id")
-        chosen = (ok.select("row_id", *meta, F.col("content").isNotNull().alias("kept"))
+        firsts = (ok.select("row_id", *meta, F.col("content").isNotNull().alias("kept"))
                   .withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n"))
-        chosen = _not_yet_in(spark, root, "bronze_images", chosen, "image_id", query, batch_id).persist()
-        written.append(chosen)
+        held = _held_before(spark, root, "bronze_images", "image_id", query, batch_id).withColumn("_held", F.lit(True))
+        firsts = firsts.join(held, "image_id", "left").persist()
+        written.append(firsts)
+        chosen = firsts.filter(F.col("_held").isNull()).drop("_held")
         new: dict = {}
         wanted: dict = {}   # row identity -> the image ids to read again from its rows
         n_kept = 0
-        for r in chosen.select("row_id", "image_id", "source_kind", "kept").collect():
+        picked = firsts.select("row_id", "image_id", "source_kind", "kept", "_held").collect()
+        # labels can be in bronze_labels already only where their image was in bronze before this batch
+        labels_known = any(r["_held"] for r in picked)
+        picked = [r for r in picked if not r["_held"]]
+        for r in picked:
             new[r["source_kind"]] = new.get(r["source_kind"], 0) + 1
             n_kept += r["kept"]
             if not r["kept"]:
                 wanted.setdefault(r["row_id"].split("#")[0], []).append(r["image_id"])
         cols = ["image_id", "content", "width", "height", "format", "source_kind", "source_name", "original_id",
                 "uri", now.alias("ingest_time"), *tag]
-        reread = (chosen_bytes(landed, settings, wanted, batch_id)
+        counters = (spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
+        reread = (chosen_bytes(rows, settings, wanted, batch_id, counters)
                   .join(F.broadcast(chosen.filter(~F.col("kept")).select(*meta)), "image_id").select(*cols))
         kept = (ok.filter(F.col("content").isNotNull())
                 .join(F.broadcast(chosen.filter("kept").select("row_id")), "row_id").select(*cols))
@@ -407,6 +464,11 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
             append_once(spark, root, "bronze_images", images, app_id, batch_id,
                         gather=sum(new.values()) < BRONZE_GATHER_BELOW)
         crash_point("ingest:bronze")
+        checked, unread = _with_pixel_faults(spark, settings, rows, df, picked, batch_id, query, counters)
+        if unread:
+            ok = checked.filter(F.col("reason").isNull())
+            for r in picked:
+                new[r["source_kind"]] -= r["image_id"] in unread
 
         labels = (ok.select("image_id", "source_kind", "source_name", "original_id", "width", "height",
                             F.posexplode("labels").alias("pos", "lab"))
@@ -417,15 +479,16 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
                           F.col("lab.polygons").alias("polygons"), F.col("lab.quad").alias("quad"),
                           now.alias("ingest_time"), *tag)
                   .dropDuplicates(["label_id"]))
-        labels = _not_yet_in(spark, root, "bronze_labels", labels, "label_id", query, batch_id)
+        if labels_known:
+            labels = _not_yet_in(spark, root, "bronze_labels", labels, "label_id", query, batch_id)
         append_once(spark, root, "bronze_labels", labels, app_id, batch_id)
 
         # every bad input is one quarantine row: a replay is kept out by the transaction, not by a key
-        bad = (df.filter(F.col("reason").isNotNull())
+        bad = (checked.filter(F.col("reason").isNotNull())
                .select(_quarantine_id().alias("quarantine_id"),
                        "source_kind", "source_name", "original_id", "uri", "reason", "detail", "size_bytes",
                        now.alias("ingest_time"), *tag))
-        stats = df.groupBy("source_kind").agg(
+        stats = checked.groupBy("source_kind").agg(
             F.count("*").alias("inputs"),
             F.sum(F.col("reason").isNotNull().cast("long")).alias("quarantined"),
             F.sum(F.when(F.col("reason").isNull(), F.size("labels")).otherwise(0)).cast("long").alias("labels"),
@@ -452,6 +515,35 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
         for d in written:
             d.unpersist()
         df.unpersist()
+
+
+def _with_pixel_faults(spark, settings: Settings, rows: DataFrame, checked: DataFrame, picked: list,
+                       batch_id: int, query: str, counters) -> tuple[DataFrame, set]:
+    """``checked`` with the rows of every new image whose pixels did not decode quarantined: the images
+    ``_chosen_bytes`` read again and left out of bronze, and their ids.  Found as the picked images
+    missing from this batch's bronze rows, so a replayed batch, whose bronze write is skipped, finds the
+    same ones; bronze is not read where the write just decoded every image without a fault
+    (``counters``, accumulators that only successful tasks add to)."""
+    decoded = {r["image_id"] for r in picked if not r["kept"]}
+    if not decoded or (counters[0].value >= len(decoded) and counters[1].value == 0):
+        return checked, set()
+    tagged = (F.col("ingest_query") == query) & (F.col("ingest_batch") == batch_id)
+    written = {r["image_id"] for r in read(spark, settings.tables, "bronze_images").filter(tagged)
+               .select("image_id").collect()}
+    missing = decoded - written
+    if not missing:
+        return checked, missing
+    wanted: dict = {}
+    for r in picked:
+        if r["image_id"] in missing:
+            wanted.setdefault(r["row_id"].split("#")[0], []).append(r["image_id"])
+    found = {r["image_id"]: (r["reason"], r["detail"]) for r in pixel_faults(rows, settings, wanted).collect()}
+    faults = spark.createDataFrame(
+        [(i, *found.get(i, ("truncated_image", "pixel data unreadable when the image was written to bronze")))
+         for i in sorted(missing)], "image_id string, _reason string, _detail string")
+    return (checked.join(F.broadcast(faults), "image_id", "left")
+            .withColumn("reason", F.coalesce("reason", "_reason")).withColumn("detail", F.coalesce("detail", "_detail"))
+            .drop("_reason", "_detail")), missing
 
 
 @dataclass

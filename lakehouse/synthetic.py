@@ -438,7 +438,9 @@ def _write_bad_inputs(dirs, coco, cc_rows, laion_rows, seed) -> dict:
     folder.mkdir(exist_ok=True)
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.jpg").write_text("these are notes, not pixels\n")
-    (folder / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    # twice: the copy's pixels are never decoded (same bytes), yet it must be quarantined with the first
+    for name in ("truncated.jpg", "truncated-copy.jpg"):
+        (folder / name).write_bytes(good_jpeg[: len(good_jpeg) // 2])
     gif = io.BytesIO()
     img.save(gif, "GIF")
     (folder / "animation.gif").write_bytes(gif.getvalue())
@@ -450,7 +452,7 @@ def _write_bad_inputs(dirs, coco, cc_rows, laion_rows, seed) -> dict:
     # what an attacker would write into a shared manifest: a loopback URL and a path out of the dataset
     cc_rows.append(("a remote image on a loopback address", "http://127.0.0.1:9/unreachable.jpg"))
     cc_rows.append(("a file outside the dataset folder", "../../../../../../../../etc/hostname"))
-    return {"empty_file": 1, "not_an_image": 1, "truncated_image": 1, "unsupported_format": 1, "too_many_pixels": 1,
+    return {"empty_file": 1, "not_an_image": 1, "truncated_image": 2, "unsupported_format": 1, "too_many_pixels": 1,
             # the missing COCO image appears in both the instances and the captions file
             "missing_file": 2, "malformed_record": 1, "forbidden": 2}
 

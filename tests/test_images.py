@@ -48,3 +48,18 @@ def test_pixel_limit_checked_before_decoding():
         inspect_image(_png(200, 100, "L"), 19_999)
     assert e.value.reason == "too_many_pixels" and "200x100" in e.value.detail
     assert inspect_image(_png(200, 100, "L"), 20_000)[1:3] == (200, 100)
+
+
+def test_header_only_check_leaves_the_pixels_to_check_pixels():
+    """Ingest checks each input's header and decodes each distinct image once: ``decode=False``
+    accepts a cut JPEG whose header reads, and ``check_pixels`` rejects it as ``inspect_image`` does."""
+    from lakehouse.images import check_pixels
+
+    cut = _jpeg()[: len(_jpeg()) // 2]
+    assert inspect_image(cut, 10_000_000, decode=False) == (image_id(cut), 64, 48, "JPEG")
+    with pytest.raises(ImageRejected) as e:
+        check_pixels(cut)
+    assert e.value.reason == "truncated_image" and "JPEG 64x48" in e.value.detail
+    check_pixels(_jpeg())
+    with pytest.raises(ImageRejected, match="not_an_image"):
+        check_pixels(b"hello, not an image")

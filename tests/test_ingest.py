@@ -349,18 +349,31 @@ def test_camera_sized_images_outweighing_the_heap_ingest_in_one_batch(tmp_path):
 
 def test_bytes_read_again_must_be_the_bytes_that_were_checked(tmp_path):
     """``_chosen_bytes`` (the second read, while bronze is written) takes a row when its bytes hash to
-    an image id chosen for its identity, whatever order identical rows arrive in, and fails the batch
-    (before bronze commits) when a file changed since the check."""
+    an image id chosen for its identity, whatever order identical rows arrive in, leaves out an image
+    whose pixels do not decode, and fails the batch (before bronze commits) when a file changed since
+    the check."""
     import hashlib
 
     import pandas as pd
 
     from lakehouse.fetch import FetchPolicy
-    from lakehouse.ingest import MANIFEST, _chosen_bytes, _identity
+    from lakehouse.ingest import MANIFEST, _chosen_bytes, _identity, _pixel_faults
 
-    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
-    a.write_bytes(b"first image")
-    b.write_bytes(b"second image")
+    import io
+
+    from PIL import Image
+
+    def png(colour) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (4, 3), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    buf = io.BytesIO()
+    Image.effect_noise((64, 48), 40).save(buf, "PNG")   # noise: pixel data long enough to cut
+    first, one, two = buf.getvalue(), png("green"), png("blue")
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(first)
+    b.write_bytes(png("white"))
 
     def row(**kw):
         return {**{k: None for k in MANIFEST.fieldNames()}, "source_kind": "cc", "source_name": "s", **kw}
@@ -369,17 +382,24 @@ def test_bytes_read_again_must_be_the_bytes_that_were_checked(tmp_path):
         return hashlib.sha256(x).hexdigest()
 
     file_row = row(original_id="1", uri=str(a))
-    twin_1, twin_2 = row(original_id="t", content=b"one"), row(original_id="t", content=b"two")
+    twin_1, twin_2 = row(original_id="t", content=one), row(original_id="t", content=two)
     other = row(original_id="2", uri=str(b))   # in the batch, not chosen
-    wanted = {_identity(file_row): [sha(b"first image")], _identity(twin_1): [sha(b"two"), sha(b"one")]}
+    wanted = {_identity(file_row): [sha(first)], _identity(twin_1): [sha(two), sha(one)]}
     frame = pd.DataFrame([twin_1, other, file_row, twin_2])
-    got = pd.concat(_chosen_bytes(FetchPolicy(), wanted, 7, iter([frame])))
-    assert sorted(zip(got["image_id"], got["content"])) == sorted(
-        [(sha(b"first image"), b"first image"), (sha(b"one"), b"one"), (sha(b"two"), b"two")])
+    got = pd.concat(_chosen_bytes(FetchPolicy(), wanted, 7, None, iter([frame])))
+    assert sorted(zip(got["image_id"], got["content"])) == sorted([(sha(first), first), (sha(one), one), (sha(two), two)])
 
-    a.write_bytes(b"first image, edited after its check")
+    # pixels that do not decode leave the image out of bronze; _pixel_faults says why
+    cut = first[: len(first) * 2 // 3]
+    a.write_bytes(cut)
+    wanted_cut = {_identity(file_row): [sha(cut)]}
+    assert list(_chosen_bytes(FetchPolicy(), wanted_cut, 7, None, iter([frame]))) == []
+    faults = pd.concat(_pixel_faults(FetchPolicy(), wanted_cut, iter([frame])))
+    assert faults.values.tolist()[0][:2] == [sha(cut), "truncated_image"] and len(faults) == 1
+
+    a.write_bytes(first + b"edited after its check")
     with pytest.raises(RuntimeError, match="batch 7: the bytes behind 1 manifest row"):
-        list(_chosen_bytes(FetchPolicy(), wanted, 7, iter([frame])))
+        list(_chosen_bytes(FetchPolicy(), wanted, 7, None, iter([frame])))
 
 
 def test_identical_manifest_rows_get_distinct_row_ids_that_a_recompute_repeats():
