@@ -387,18 +387,18 @@ def _pixel_bbox():
     return F.when(F.coalesce(lab.normalized, F.lit(False)) & lab.bbox.isNotNull(), scaled).otherwise(lab.bbox)
 
 
-def _held_before(spark, root: TableRoot, name: str, key: str, query: str, batch_id: int) -> DataFrame:
-    """The keys table ``name`` held before this batch: rows this same batch wrote before a crash are
-    left out, so a replay finds exactly what the first attempt found.  Only the table's key and
-    batch-tag columns are read."""
+def _held_before(spark, root: TableRoot, name: str, key: str, writer: str, batch_id: int) -> DataFrame:
+    """The keys table ``name`` held before this batch: rows this same batch of this same writer wrote
+    before a crash are left out, so a replay finds exactly what the first attempt found.  Only the
+    table's key and batch-tag columns are read."""
     return (read(spark, root, name)
-            .filter(~((F.col("ingest_query") == query) & (F.col("ingest_batch") == batch_id))).select(key))
+            .filter(~((F.col("ingest_query") == writer) & (F.col("ingest_batch") == batch_id))).select(key))
 
 
-def _not_yet_in(spark, root: TableRoot, name: str, rows: DataFrame, key: str, query: str,
+def _not_yet_in(spark, root: TableRoot, name: str, rows: DataFrame, key: str, writer: str,
                 batch_id: int) -> DataFrame:
     """The rows of ``rows`` whose key the table did not hold before this batch."""
-    return rows.join(_held_before(spark, root, name, key, query, batch_id), key, "left_anti")
+    return rows.join(_held_before(spark, root, name, key, writer, batch_id), key, "left_anti")
 
 
 def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, query: str = QUERY_NAME,
@@ -427,14 +427,16 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
     written = []
     try:
         now = F.current_timestamp()
-        tag = [F.lit(query).alias("ingest_query"), F.lit(batch_id).cast("long").alias("ingest_batch")]
+        # rows carry their writer (the checkpoint's app id), not only the query's name: a new checkpoint
+        # numbers its batches from 0 again and must still see what an old one's batch 0 wrote
+        tag = [F.lit(app_id).alias("ingest_query"), F.lit(batch_id).cast("long").alias("ingest_batch")]
         ok = df.filter(F.col("reason").isNull())
         meta = ["image_id", "width", "height", "format", "source_kind", "source_name", "original_id", "uri"]
         # which row of each image is new is decided on keys alone, never moving bytes
         first = Window.partitionBy("image_id").orderBy("source_kind", "source_name", "original_id", "row_id")
         firsts = (ok.select("row_id", *meta, F.col("content").isNotNull().alias("kept"))
                   .withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n"))
-        held = _held_before(spark, root, "bronze_images", "image_id", query, batch_id).withColumn("_held", F.lit(True))
+        held = _held_before(spark, root, "bronze_images", "image_id", app_id, batch_id).withColumn("_held", F.lit(True))
         firsts = firsts.join(held, "image_id", "left").persist()
         written.append(firsts)
         chosen = firsts.filter(F.col("_held").isNull()).drop("_held")
@@ -464,7 +466,7 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
             append_once(spark, root, "bronze_images", images, app_id, batch_id,
                         gather=sum(new.values()) < BRONZE_GATHER_BELOW)
         crash_point("ingest:bronze")
-        checked, unread = _with_pixel_faults(spark, settings, rows, df, picked, batch_id, query, counters)
+        checked, unread = _with_pixel_faults(spark, settings, rows, df, picked, batch_id, app_id, counters)
         if unread:
             ok = checked.filter(F.col("reason").isNull())
             for r in picked:
@@ -480,7 +482,7 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
                           now.alias("ingest_time"), *tag)
                   .dropDuplicates(["label_id"]))
         if labels_known:
-            labels = _not_yet_in(spark, root, "bronze_labels", labels, "label_id", query, batch_id)
+            labels = _not_yet_in(spark, root, "bronze_labels", labels, "label_id", app_id, batch_id)
         append_once(spark, root, "bronze_labels", labels, app_id, batch_id)
 
         # every bad input is one quarantine row: a replay is kept out by the transaction, not by a key
@@ -518,7 +520,7 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
 
 
 def _with_pixel_faults(spark, settings: Settings, rows: DataFrame, checked: DataFrame, picked: list,
-                       batch_id: int, query: str, counters) -> tuple[DataFrame, set]:
+                       batch_id: int, writer: str, counters) -> tuple[DataFrame, set]:
     """``checked`` with the rows of every new image whose pixels did not decode quarantined: the images
     ``_chosen_bytes`` read again and left out of bronze, and their ids.  Found as the picked images
     missing from this batch's bronze rows, so a replayed batch, whose bronze write is skipped, finds the
@@ -527,7 +529,7 @@ def _with_pixel_faults(spark, settings: Settings, rows: DataFrame, checked: Data
     decoded = {r["image_id"] for r in picked if not r["kept"]}
     if not decoded or (counters[0].value >= len(decoded) and counters[1].value == 0):
         return checked, set()
-    tagged = (F.col("ingest_query") == query) & (F.col("ingest_batch") == batch_id)
+    tagged = (F.col("ingest_query") == writer) & (F.col("ingest_batch") == batch_id)
     written = {r["image_id"] for r in read(spark, settings.tables, "bronze_images").filter(tagged)
                .select("image_id").collect()}
     missing = decoded - written

@@ -183,6 +183,21 @@ def test_sigkill_mid_batch_then_restart_is_exact(spark, settings):
     assert "micro-batches" in r.stdout and "quarantined" in r.stdout
 
 
+def test_a_new_checkpoint_over_existing_tables_adds_no_image_twice(spark, settings):
+    """Deleting the checkpoints re-reads every landed file, and the new checkpoint numbers its batches
+    from 0 again: its batch 0 must still see the images the old checkpoint's batch 0 wrote (rows are
+    tagged with their writer, not only the query's name), so every image is a duplicate."""
+    expected = _world(settings, n=12)
+    run_ingest(spark, settings, log=None)
+    before = read(spark, settings.tables, "bronze_labels").count()
+    shutil.rmtree(settings.checkpoints)
+    res = run_ingest(spark, settings, log=None)
+    assert res.batches and sum(b["new"] for b in res.batch_stats) == 0, res.batch_stats
+    bronze = read(spark, settings.tables, "bronze_images")
+    assert bronze.count() == bronze.select("image_id").distinct().count() == expected["distinct_images"]
+    assert read(spark, settings.tables, "bronze_labels").count() == before
+
+
 def test_continuous_mode_picks_up_new_files(spark, settings):
     _world(settings, n=5, bad_inputs=False)
     later = settings.home / "later"
