@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lakehouse.config import load_settings  # noqa: E402
 from lakehouse.ingest import run_ingest  # noqa: E402
+from lakehouse.images import read_stored  # noqa: E402
 from lakehouse.specialists import from_config, run_specialists  # noqa: E402
 from lakehouse.spark import get_spark  # noqa: E402
 from lakehouse.synthetic import write_world  # noqa: E402
@@ -46,13 +47,13 @@ def main():
     t0 = time.perf_counter()
     n_spark = run_specialists(images, sps, 1).count()
     spark_s = time.perf_counter() - t0
-    rows = images.select("image_id", "content").collect()
+    rows = images.select("image_id", "content_path").collect()
     for sp in sps:
         sp.model()
     t1 = time.perf_counter()
     n_plain = 0
     for r in rows:
-        img = Image.open(io.BytesIO(r.content)).convert("RGB")
+        img = Image.open(io.BytesIO(read_stored(r.content_path))).convert("RGB")
         for sp in sps:
             n_plain += len(sp.annotate(img, r.image_id))
     plain_s = time.perf_counter() - t1

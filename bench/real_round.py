@@ -55,6 +55,7 @@ def train_and_serve(s, spark, steps: int) -> None:
     from florence2.recipe import load_config
     from lakehouse.evaluation import PyfuncPredictor
     from lakehouse.examples import example_rows
+    from lakehouse.images import read_stored
     from lakehouse.tables import read
     from lakehouse.training import DEFAULT_CONFIG, run_training
     from florence2.predictor import Request
@@ -66,7 +67,8 @@ def train_and_serve(s, spark, steps: int) -> None:
     print(json.dumps({"examples_version": tr["examples_version"], "image_rows": table.count(),
                       "examples": sum(tasks.values()), "examples_by_task": tasks, "training": tr["result"],
                       "model": tr["model"]}, default=str))
-    photos = [bytes(r.content) for r in read(spark, s.tables, "bronze_images").orderBy("image_id").limit(2).collect()]
+    photos = [read_stored(r.content_path)
+              for r in read(spark, s.tables, "bronze_images").orderBy("image_id").limit(2).collect()]
     answers = PyfuncPredictor(f"models:/florence2/{tr['model']['version']}").predict(
         [Request(b, t) for b in photos for t in ("<OD>", "<CAPTION>")])
     for a in answers:

@@ -111,10 +111,10 @@ def spark_stage(real_dev: Path, specialists: list[dict], repeat: int) -> dict:
         for f in sorted((real_dev / ds / "images").iterdir()):
             b = f.read_bytes()
             w, h = inspect_image(b, 10**8)[1:3]
-            rows += [(f"{ds}/{f.name}#{k}", b, w, h) for k in range(repeat)]
+            rows += [(f"{ds}/{f.name}#{k}", str(f), w, h) for k in range(repeat)]
     s = load_settings(home=tempfile.mkdtemp(prefix="fld-spec-"))
     spark = get_spark(s, "bench-specialists")
-    df = spark.createDataFrame(rows, "image_id string, content binary, width int, height int").repartition(
+    df = spark.createDataFrame(rows, "image_id string, content_path string, width int, height int").repartition(
         s.shuffle_partitions * 4).cache()
     df.count()
     cores = os.cpu_count() or 1  # local[N] on this machine: N = its cores

@@ -17,6 +17,10 @@ class Settings:
     home: Path = Path("fld_home")
     # A filesystem path (tables stored by path) or ``catalog.schema`` (managed tables, Databricks).
     table_root: str = ""
+    # Where bronze keeps image bytes, one file per distinct image named by its SHA-256 (content-addressed,
+    # never rewritten): a path every worker can read and write, such as a Unity Catalog volume
+    # (/Volumes/<catalog>/<schema>/<volume>/images) on Databricks.  Default: $FLD_HOME/images.
+    image_store: str = ""
     spark_master: str = "local[2]"
     spark_driver_memory: str = "3g"
     spark_executor_memory: str = "2g"     # a cluster's executors (local mode runs in the driver)
@@ -49,6 +53,10 @@ class Settings:
     @property
     def tables_root(self) -> str:
         return self.table_root or str(self.home / "tables")
+
+    @property
+    def image_store_path(self) -> str:
+        return self.image_store or str(self.home / "images")
 
     @property
     def tables(self):

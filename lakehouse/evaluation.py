@@ -17,10 +17,11 @@ def synthetic_referring_examples(truth_dir: Path, images, image_ids: set, limit:
     """Referring-expression segmentation examples from the synthetic ground truth of the given images
     (``images``: a DataFrame of ``bronze_images``)."""
     from florence2.targets import build_examples, from_synthetic
+    from lakehouse.images import read_stored
 
     truth = [json.loads(x) for x in open(Path(truth_dir) / "ground_truth.jsonl")]
     truth = [t for t in truth if t["image_id"] in image_ids]
-    content = {r.image_id: bytes(r.content) for r in
+    content = {r.image_id: read_stored(r.content_path) for r in
                images.filter(images.image_id.isin([t["image_id"] for t in truth])).collect()}
     out = []
     for t in truth:

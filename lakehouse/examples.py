@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from florence2.targets import ImageAnnotations, Phrase, Region, Word, build_examples
+from lakehouse.images import read_stored
 from lakehouse.spark import json_columns, parse_json_columns
 from lakehouse.tables import EXAMPLE, TABLES, TableRoot, current_version, read
 
@@ -80,8 +81,8 @@ def _examples(mixture: dict, val_fraction: float, round_: int, batches):
                         "prompt": build_prompt(ex.task, ex.text, ex.region, ann.size), "target": ex.target,
                     })
             if examples:
-                rows.append(image_row(row["image_id"], examples, row["content"], row["width"], row["height"], round_,
-                                      split_of(row["image_id"], val_fraction)))
+                rows.append(image_row(row["image_id"], examples, read_stored(row["content_path"]), row["width"],
+                                      row["height"], round_, split_of(row["image_id"], val_fraction)))
         yield pd.DataFrame(rows, columns=cols)
 
 
@@ -140,8 +141,10 @@ def build_training_examples(spark, root: TableRoot, round_: int | None = None, g
 
 def examples_from_gold(gold: DataFrame, images: DataFrame, mixture: dict, val_fraction: float,
                        round_: int) -> DataFrame:
-    """Training examples of gold rows (their images' bytes and sizes from ``images``)."""
-    src = json_columns(gold.join(images.select("image_id", "content", "width", "height"), "image_id"), DEEP_COLUMNS)
+    """Training examples of gold rows (their images' sizes from ``images``, ``bronze_images``, and bytes from
+    the image store)."""
+    src = json_columns(gold.join(images.select("image_id", "content_path", "width", "height"), "image_id"),
+                       DEEP_COLUMNS)
     return src.mapInPandas(functools.partial(_examples, mixture, val_fraction, round_),
                            TABLES["training_examples"].schema)
 

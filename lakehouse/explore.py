@@ -5,6 +5,7 @@ import io
 
 from PIL import Image, ImageDraw
 
+from lakehouse.images import read_stored
 from lakehouse.tables import TableRoot, read
 
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
@@ -12,9 +13,10 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 
 def fld_rows(spark, root: TableRoot, round_: int, limit: int | None = None) -> list[dict]:
     gold = read(spark, root, "gold_fld").filter(f"round = {int(round_)}")
-    images = read(spark, root, "bronze_images").select("image_id", "content", "width", "height")
+    images = read(spark, root, "bronze_images").select("image_id", "content_path", "width", "height")
     df = gold.join(images, "image_id").orderBy("image_id")
-    return [r.asDict(recursive=True) for r in (df.limit(limit) if limit else df).collect()]
+    return [dict(r.asDict(recursive=True), content=read_stored(r["content_path"]))
+            for r in (df.limit(limit) if limit else df).collect()]
 
 
 def draw(content: bytes, regions=(), words=(), grounding=(), polygons=True, title: str | None = None) -> Image.Image:

@@ -5,12 +5,13 @@ files (the file source locally, Auto Loader on Databricks) and parses them with
 the kind's adapter into ``landing_manifest``: rows only, no image bytes read, in
 files of at most ``max_rows_per_trigger`` rows.  ``ingest`` reads that table one
 file per micro-batch, so a manifest of millions of lines becomes many bounded
-micro-batches, fetches and validates the image bytes, and writes each batch as
-idempotent Delta appends (``write_batch``).  Both queries' appends are tagged
+micro-batches, fetches and validates the image bytes, keeps each valid image in
+the image store (one file per distinct image, named by its hash), and writes each
+batch's rows as idempotent Delta appends (``write_batch``).  Both queries' appends are tagged
 with their checkpoint and batch id, so a replayed micro-batch (after a crash)
 writes nothing twice and counts the same: exactly-once end to end.
 ``image_id`` is the SHA-256 of the bytes, so the same image from two sources, or
-ingested twice, is one bronze row.
+ingested twice, is one bronze row and one stored file.
 
 Every input lands in exactly one place: a new bronze image, a duplicate of one
 (counted in ``ingest_log``), or a quarantine row with a reason.
@@ -32,7 +33,7 @@ from pyspark.sql import types as T
 from lakehouse.config import Settings
 from lakehouse.faults import crash_point
 from lakehouse.fetch import FetchPolicy, fetch_url, is_remote, read_local, redact
-from lakehouse.images import ImageRejected, check_pixels, inspect_image
+from lakehouse.images import ImageRejected, check_pixels, inspect_image, is_stored, store_image, stored_path
 from lakehouse.sources import ADAPTERS
 from lakehouse.sources.base import local_path
 from lakehouse.spark import json_columns, on_databricks, parse_json_columns
@@ -40,27 +41,25 @@ from lakehouse.tables import MANIFEST, TableRoot, append_once, ensure_tables, re
 
 QUERY_NAME = "ingest"            # landing_manifest -> bronze (fetch, validate, write)
 LANDING_QUERY = "landing"       # landed files -> landing_manifest (parse only)
-BRONZE_GATHER_BELOW = 2_000     # new images per batch under which bronze gets one file per source kind
 
 BINARY_FILE = T.StructType([
     T.StructField("path", T.StringType()), T.StructField("modificationTime", T.TimestampType()),
     T.StructField("length", T.LongType()), T.StructField("content", T.BinaryType()),
 ])
 
-# A manifest row after its bytes were fetched and checked.  ``content`` stays only where it cannot be
-# read again without the network (``_rereadable``).
+# A manifest row after its bytes were fetched, checked and kept in the image store: no bytes.
 RESOLVED = T.StructType(
     [f for f in MANIFEST.fields if f.name not in ("content", "error_reason", "error_detail")] + [
         T.StructField("image_id", T.StringType()),
-        T.StructField("content", T.BinaryType()),
+        T.StructField("content_path", T.StringType()),   # its file in the image store
         T.StructField("width", T.IntegerType()),
         T.StructField("height", T.IntegerType()),
         T.StructField("format", T.StringType()),
         T.StructField("size_bytes", T.LongType()),
         T.StructField("reason", T.StringType()),
         T.StructField("detail", T.StringType()),
-        # "<identity>#<occurrence>": unique within a micro-batch and the same on a recompute; write_batch
-        # joins a kept remote image's bytes back by it, and reads a local one's again by its identity
+        # "<identity>#<occurrence>": unique within a micro-batch and the same on a recompute, so which
+        # row of an image bronze gets is decided the same way every time
         T.StructField("row_id", T.StringType()),
     ])
 
@@ -90,11 +89,11 @@ def fetch_bytes(uri: str, root: str | None, policy: FetchPolicy) -> bytes:
     return read_local(local_path(uri), root, policy.max_bytes)
 
 
-def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy, decode: bool = True) -> dict:
-    """Fetch and check one manifest row; ``decode=False`` checks the header only (``inspect_image``)."""
+def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy, store: str | None = None) -> dict:
+    """Fetch and check one manifest row, and keep its image in ``store`` (the image store) when it passes.
+    The pixels are decoded unless the store holds the image already: it was decoded when it was stored."""
     out = {k: row.get(k) for k in RESOLVED.fieldNames()}
     out["uri"] = redact(row.get("uri"))  # no credentials or signed query strings in any table
-    out["content"] = None
     try:
         if row.get("error_reason"):
             raise ImageRejected(row["error_reason"], row.get("error_detail") or "")
@@ -103,9 +102,15 @@ def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy, decode: bool = 
             if not row.get("uri"):
                 raise ImageRejected("malformed_record", "record has neither bytes nor uri")
             data = fetch_bytes(row["uri"], row.get("root"), policy)
+        data = bytes(data)
         out["size_bytes"] = len(data)
-        out["image_id"], out["width"], out["height"], out["format"] = inspect_image(bytes(data), max_pixels, decode)
-        out["content"] = bytes(data)
+        iid, out["width"], out["height"], out["format"] = inspect_image(data, max_pixels, decode=False)
+        if store is None or not is_stored(store, iid):
+            check_pixels(data)
+            if store is not None:
+                store_image(store, iid, data)
+        out["image_id"] = iid
+        out["content_path"] = stored_path(store, iid) if store is not None else None
     except ImageRejected as e:
         out["reason"], out["detail"] = e.reason, e.detail[:2000]
     except Exception as e:  # no poison pills: whatever one record does, it becomes one quarantine row
@@ -127,18 +132,10 @@ def _row_id(row: dict, seen: dict) -> str:
     return f"{ident}#{k}"
 
 
-def _rereadable(row: dict) -> bool:
-    """Whether a second pass over the batch gets this row's bytes back without the network: they are
-    inline in the manifest (which the batch reads again) or in a local file."""
-    return row.get("content") is not None or (bool(row.get("uri")) and not is_remote(row["uri"]))
-
-
-def _resolve(max_pixels: int, policy: FetchPolicy, batches):
-    """Resolved rows of each chunk, in order.  Where a second pass can read a row's bytes again
-    (``_rereadable``) they are dropped and only the header is checked: a micro-batch holds only keys and
-    metadata, whatever its images weigh, and ``_chosen_bytes`` reads the new images' bytes once more,
-    decoding their pixels while bronze is written, so an image is decoded once, not once per input that
-    carries it.  Only remote fetches go to the thread pool: they wait on the network; local reads and
+def _resolve(max_pixels: int, policy: FetchPolicy, store: str, batches):
+    """Resolved rows of each chunk, in order: every input's bytes read once, hashed, checked and, if
+    they pass, kept in the image store, so the batch itself holds only keys and metadata, whatever its
+    images weigh.  Only remote fetches go to the thread pool: they wait on the network; local reads and
     image checks hold the GIL, and threads made them 2.5x slower."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -148,89 +145,13 @@ def _resolve(max_pixels: int, policy: FetchPolicy, batches):
     with ThreadPoolExecutor(max(1, policy.threads)) as pool:
         for pdf in batches:
             rows = parse_json_columns(pdf, ["labels"]).to_dict("records")
-            remote = {i: pool.submit(resolve_row, r, max_pixels, policy) for i, r in enumerate(rows)
+            remote = {i: pool.submit(resolve_row, r, max_pixels, policy, store) for i, r in enumerate(rows)
                       if r.get("content") is None and r.get("uri") and is_remote(r["uri"])}
-            out = [remote[i].result() if i in remote else resolve_row(r, max_pixels, policy, not _rereadable(r))
+            out = [remote[i].result() if i in remote else resolve_row(r, max_pixels, policy, store)
                    for i, r in enumerate(rows)]
             for o, r in zip(out, rows):
                 o["row_id"] = _row_id(r, seen)
-                if _rereadable(r):
-                    o["content"] = None
             yield pd.DataFrame(out, columns=RESOLVED.fieldNames())
-
-
-CHOSEN_BYTES_CHUNK = 32 << 20   # bytes per frame _chosen_bytes hands to the JVM
-
-
-def _reread(policy: FetchPolicy, wanted: dict, batches, changed: list):
-    """(image id, bytes) of the manifest rows whose bytes hash to an image id ``wanted`` for their
-    identity (``wanted`` maps a row identity to the image ids to find among its rows; identical rows are
-    interchangeable).  At the end ``changed`` gets the identities with ids left over: rows whose bytes
-    changed since they were checked.  All rows of an identity are in this task (partitioning by uri)."""
-    left = {k: list(v) for k, v in wanted.items()}
-    seen = set()
-    for pdf in batches:
-        for r in pdf.to_dict("records"):
-            key = _identity(r)
-            if not left.get(key):
-                continue
-            seen.add(key)
-            try:
-                data = r["content"] if r.get("content") is not None else fetch_bytes(r["uri"], r.get("root"), policy)
-            except ImageRejected:
-                continue
-            data = bytes(data)
-            h = hashlib.sha256(data).hexdigest()
-            if h in left[key]:
-                left[key].remove(h)
-                yield h, data
-    changed.extend(k for k in seen if left[k])
-
-
-def _chosen_bytes(policy: FetchPolicy, wanted: dict, batch_id: int, counters, batches):
-    """(image_id, content) of the new images whose bytes ``_resolve`` dropped, read again from the
-    manifest rows (``_reread``) and their pixels decoded; an image whose pixels are unreadable is left
-    out (``write_batch`` finds it missing from bronze and quarantines its rows, ``_pixel_faults``).
-    Bytes that changed since the check fail the write before bronze commits, and the replayed batch
-    checks them as they are now."""
-    import pandas as pd
-
-    out, size, changed, decoded, faults = [], 0, [], 0, 0
-    for h, data in _reread(policy, wanted, batches, changed):
-        decoded += 1
-        try:
-            check_pixels(data)
-        except ImageRejected:
-            faults += 1
-            continue
-        out.append((h, data))
-        size += len(data)
-        if size >= CHOSEN_BYTES_CHUNK:
-            yield pd.DataFrame(out, columns=["image_id", "content"])
-            out, size = [], 0
-    if counters is not None:   # Spark accumulators: images decoded, and how many did not decode
-        counters[0].add(decoded)
-        counters[1].add(faults)
-    if changed:
-        raise RuntimeError(f"ingest batch {batch_id}: the bytes behind {len(changed)} manifest row(s) changed "
-                           f"between the check and the write (landed files must not be modified); nothing "
-                           f"was written and the batch will be checked again when the query restarts")
-    if out:
-        yield pd.DataFrame(out, columns=["image_id", "content"])
-
-
-def _pixel_faults(policy: FetchPolicy, wanted: dict, batches):
-    """(image_id, reason, detail) of the chosen images ``_chosen_bytes`` left out, decoded again for
-    the reason (few: an image whose header reads but whose pixels do not)."""
-    import pandas as pd
-
-    out = []
-    for h, data in _reread(policy, wanted, batches, []):
-        try:
-            check_pixels(data)
-        except ImageRejected as e:
-            out.append((h, e.reason, e.detail[:2000]))
-    yield pd.DataFrame(out, columns=["image_id", "reason", "detail"])
 
 
 def manifest(spark, settings: Settings, kinds=None, streaming: bool = True) -> DataFrame:
@@ -267,22 +188,10 @@ def by_uri(df: DataFrame, settings: Settings) -> DataFrame:
 
 
 def resolve(rows: DataFrame, settings: Settings) -> DataFrame:
-    """Fetched and checked rows of ``by_uri`` manifest rows."""
-    fn = functools.partial(_resolve, settings.max_image_pixels, FetchPolicy.from_settings(settings))
+    """Fetched and checked rows of ``by_uri`` manifest rows; their images are in the image store."""
+    fn = functools.partial(_resolve, settings.max_image_pixels, FetchPolicy.from_settings(settings),
+                           settings.image_store_path)
     return rows.mapInPandas(fn, schema=RESOLVED)
-
-
-def chosen_bytes(rows: DataFrame, settings: Settings, wanted: dict, batch_id: int, counters=None) -> DataFrame:
-    """``_chosen_bytes`` over ``by_uri`` manifest rows; ``counters``: two int accumulators that get the
-    images decoded and those whose pixels did not decode."""
-    fn = functools.partial(_chosen_bytes, FetchPolicy.from_settings(settings), wanted, batch_id, counters)
-    return rows.mapInPandas(fn, schema="image_id string, content binary")
-
-
-def pixel_faults(rows: DataFrame, settings: Settings, wanted: dict) -> DataFrame:
-    """``_pixel_faults`` over ``by_uri`` manifest rows."""
-    fn = functools.partial(_pixel_faults, FetchPolicy.from_settings(settings), wanted)
-    return rows.mapInPandas(fn, schema="image_id string, reason string, detail string")
 
 
 def _quarantine_id():
@@ -411,19 +320,16 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
     write tagged ``(app_id, batch_id)``, so replaying a batch after a crash writes nothing twice and
     logs the same counts.  ``app_id`` names the query's checkpoint (a new checkpoint is a new writer).
 
-    Memory does not grow with the images' size: the checked batch that every decision reads holds no
-    bytes (``_resolve``); the new images' bytes are read once more by the tasks that write bronze
-    (``chosen_bytes``), and only a remote image's bytes, which a second read would fetch again, are kept.
-    Pixels are decoded once per new image, by those tasks: an input whose image bronze already holds,
-    or that repeats one of the batch, had its header checked and its bytes hashed, and an image whose
-    pixels do not decode is quarantined with every input that carried it (``_with_pixel_faults``).
+    One pass over the inputs (``resolve``) reads, hashes and checks each one and keeps its image in the
+    image store; everything after it moves keys and metadata only, so memory does not grow with the
+    images' size.  A replay finds its images stored already (and does not decode them again); a crash
+    between the store and the bronze commit leaves files that no row names yet, which the replay uses.
     """
     from lakehouse.tables import TABLES
 
     root = settings.tables
     app_id = app_id or f"fld-{query}"
-    rows = by_uri(landed, settings)
-    df = resolve(rows, settings).persist()
+    df = resolve(by_uri(landed, settings), settings).persist()
     written = []
     try:
         now = F.current_timestamp()
@@ -431,46 +337,22 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
         # numbers its batches from 0 again and must still see what an old one's batch 0 wrote
         tag = [F.lit(app_id).alias("ingest_query"), F.lit(batch_id).cast("long").alias("ingest_batch")]
         ok = df.filter(F.col("reason").isNull())
-        meta = ["image_id", "width", "height", "format", "source_kind", "source_name", "original_id", "uri"]
-        # which row of each image is new is decided on keys alone, never moving bytes
+        meta = ["image_id", "content_path", "width", "height", "format", "source_kind", "source_name", "original_id",
+                "uri"]
         first = Window.partitionBy("image_id").orderBy("source_kind", "source_name", "original_id", "row_id")
-        firsts = (ok.select("row_id", *meta, F.col("content").isNotNull().alias("kept"))
-                  .withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n"))
+        firsts = (ok.select("row_id", *meta).withColumn("_n", F.row_number().over(first))
+                  .filter("_n = 1").drop("_n"))
         held = _held_before(spark, root, "bronze_images", "image_id", app_id, batch_id).withColumn("_held", F.lit(True))
         firsts = firsts.join(held, "image_id", "left").persist()
         written.append(firsts)
-        chosen = firsts.filter(F.col("_held").isNull()).drop("_held")
-        new: dict = {}
-        wanted: dict = {}   # row identity -> the image ids to read again from its rows
-        n_kept = 0
-        picked = firsts.select("row_id", "image_id", "source_kind", "kept", "_held").collect()
+        counts = firsts.groupBy("source_kind", F.col("_held").isNotNull().alias("held")).count().collect()
+        new = {r["source_kind"]: r["count"] for r in counts if not r["held"]}
         # labels can be in bronze_labels already only where their image was in bronze before this batch
-        labels_known = any(r["_held"] for r in picked)
-        picked = [r for r in picked if not r["_held"]]
-        for r in picked:
-            new[r["source_kind"]] = new.get(r["source_kind"], 0) + 1
-            n_kept += r["kept"]
-            if not r["kept"]:
-                wanted.setdefault(r["row_id"].split("#")[0], []).append(r["image_id"])
-        cols = ["image_id", "content", "width", "height", "format", "source_kind", "source_name", "original_id",
-                "uri", now.alias("ingest_time"), *tag]
-        counters = (spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
-        reread = (chosen_bytes(rows, settings, wanted, batch_id, counters)
-                  .join(F.broadcast(chosen.filter(~F.col("kept")).select(*meta)), "image_id").select(*cols))
-        kept = (ok.filter(F.col("content").isNotNull())
-                .join(F.broadcast(chosen.filter("kept").select("row_id")), "row_id").select(*cols))
-        images = reread.unionByName(kept) if n_kept else reread
+        labels_known = any(r["held"] for r in counts)
+        images = firsts.filter(F.col("_held").isNull()).select(*meta, now.alias("ingest_time"), *tag)
         if new:
-            # a large batch is written straight from its tasks (files of ~1/tasks of the batch each);
-            # a small one is gathered into one file per source kind
-            append_once(spark, root, "bronze_images", images, app_id, batch_id,
-                        gather=sum(new.values()) < BRONZE_GATHER_BELOW)
+            append_once(spark, root, "bronze_images", images, app_id, batch_id)
         crash_point("ingest:bronze")
-        checked, unread = _with_pixel_faults(spark, settings, rows, df, picked, batch_id, app_id, counters)
-        if unread:
-            ok = checked.filter(F.col("reason").isNull())
-            for r in picked:
-                new[r["source_kind"]] -= r["image_id"] in unread
 
         labels = (ok.select("image_id", "source_kind", "source_name", "original_id", "width", "height",
                             F.posexplode("labels").alias("pos", "lab"))
@@ -486,11 +368,11 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
         append_once(spark, root, "bronze_labels", labels, app_id, batch_id)
 
         # every bad input is one quarantine row: a replay is kept out by the transaction, not by a key
-        bad = (checked.filter(F.col("reason").isNotNull())
+        bad = (df.filter(F.col("reason").isNotNull())
                .select(_quarantine_id().alias("quarantine_id"),
                        "source_kind", "source_name", "original_id", "uri", "reason", "detail", "size_bytes",
                        now.alias("ingest_time"), *tag))
-        stats = checked.groupBy("source_kind").agg(
+        stats = df.groupBy("source_kind").agg(
             F.count("*").alias("inputs"),
             F.sum(F.col("reason").isNotNull().cast("long")).alias("quarantined"),
             F.sum(F.when(F.col("reason").isNull(), F.size("labels")).otherwise(0)).cast("long").alias("labels"),
@@ -517,35 +399,6 @@ def write_batch(spark, settings: Settings, landed: DataFrame, batch_id: int, que
         for d in written:
             d.unpersist()
         df.unpersist()
-
-
-def _with_pixel_faults(spark, settings: Settings, rows: DataFrame, checked: DataFrame, picked: list,
-                       batch_id: int, writer: str, counters) -> tuple[DataFrame, set]:
-    """``checked`` with the rows of every new image whose pixels did not decode quarantined: the images
-    ``_chosen_bytes`` read again and left out of bronze, and their ids.  Found as the picked images
-    missing from this batch's bronze rows, so a replayed batch, whose bronze write is skipped, finds the
-    same ones; bronze is not read where the write just decoded every image without a fault
-    (``counters``, accumulators that only successful tasks add to)."""
-    decoded = {r["image_id"] for r in picked if not r["kept"]}
-    if not decoded or (counters[0].value >= len(decoded) and counters[1].value == 0):
-        return checked, set()
-    tagged = (F.col("ingest_query") == writer) & (F.col("ingest_batch") == batch_id)
-    written = {r["image_id"] for r in read(spark, settings.tables, "bronze_images").filter(tagged)
-               .select("image_id").collect()}
-    missing = decoded - written
-    if not missing:
-        return checked, missing
-    wanted: dict = {}
-    for r in picked:
-        if r["image_id"] in missing:
-            wanted.setdefault(r["row_id"].split("#")[0], []).append(r["image_id"])
-    found = {r["image_id"]: (r["reason"], r["detail"]) for r in pixel_faults(rows, settings, wanted).collect()}
-    faults = spark.createDataFrame(
-        [(i, *found.get(i, ("truncated_image", "pixel data unreadable when the image was written to bronze")))
-         for i in sorted(missing)], "image_id string, _reason string, _detail string")
-    return (checked.join(F.broadcast(faults), "image_id", "left")
-            .withColumn("reason", F.coalesce("reason", "_reason")).withColumn("detail", F.coalesce("detail", "_detail"))
-            .drop("_reason", "_detail")), missing
 
 
 @dataclass

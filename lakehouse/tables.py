@@ -129,8 +129,8 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
     TableDef(
         "bronze_images",
         T.StructType([
-            _f("image_id", S, False), _f("content", B, False), _f("width", I, False), _f("height", I, False),
-            _f("format", S, False), _f("source_kind", S, False), _f("source_name", S, False),
+            _f("image_id", S, False), _f("content_path", S, False), _f("width", I, False),
+            _f("height", I, False), _f("format", S, False), _f("source_kind", S, False), _f("source_name", S, False),
             _f("original_id", S), _f("uri", S), _f("ingest_time", TS, False),
             _f("ingest_query", S), _f("ingest_batch", L),
         ]),
@@ -140,7 +140,8 @@ TABLES: dict[str, TableDef] = {t.name: t for t in [
             "positive_size": "width > 0 AND height > 0",
             "known_format": _in("format", IMAGE_FORMATS),
         },
-        description="One row per distinct image (image_id = SHA-256 of the bytes); first source seen wins.",
+        description="One row per distinct image (image_id = SHA-256 of the bytes); first source seen wins. "
+                    "The bytes are in the image store, in the file content_path names (lakehouse.images).",
     ),
     TableDef(
         "bronze_labels",
@@ -320,7 +321,15 @@ def ensure_table(spark, root: TableRoot, tdef: TableDef) -> None:
         builder = builder.comment(tdef.description)
     builder.execute()
     # a table made by an earlier version of this catalog gets the nullable columns added since
-    have = set(root.load(spark.read.format("delta"), tdef.name).columns)
+    existing_schema = root.load(spark.read.format("delta"), tdef.name).schema
+    have = set(existing_schema.fieldNames())
+    gone = [f.name for f in existing_schema.fields if f.name not in tdef.schema.fieldNames() and not f.nullable]
+    if gone:
+        # every append would fail on the NOT NULL column this version no longer writes
+        raise ValueError(f"table {tdef.name} at {root.ident(tdef.name)} was made by an earlier version of the "
+                         f"platform: it has required column(s) {gone} that this version does not write "
+                         f"(bronze image bytes now live in the image store, not in the table); ingest into a "
+                         f"new FLD_HOME (or table_root) and the image store fills as it goes")
     missing = [f for f in tdef.schema.fields if f.name not in have]
     if missing:
         cols = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
@@ -365,17 +374,14 @@ def merge_insert(spark, root: TableRoot, name: str, df, keys: list[str]) -> None
 
 
 def append_once(spark, root: TableRoot, name: str, df, app_id: str, version: int,
-                max_records_per_file: int = 0, gather: bool = True) -> None:
+                max_records_per_file: int = 0) -> None:
     """Append ``df`` unless this table already holds the write ``(app_id, version)``: Delta's idempotent
     writes (``txnAppId``/``txnVersion``), which keep a replayed streaming micro-batch from writing twice
     without the join a MERGE runs against the whole table.  Rows are grouped by the table's partition
     columns first: one file per partition per write, not one per task and partition (a micro-batch
-    wrote ~24 small files per table, and every later read of the table paid for each).  ``gather=False``
-    writes from the tasks as they are: for rows so large and many that the shuffle costs more than
-    the extra files."""
+    wrote ~24 small files per table, and every later read of the table paid for each)."""
     parts = TABLES[name].partition_by
-    if gather:
-        df = df.repartition(*parts) if parts else df.coalesce(1)
+    df = df.repartition(*parts) if parts else df.coalesce(1)
     writer = df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version))
     if max_records_per_file:
         writer = writer.option("maxRecordsPerFile", int(max_records_per_file))

@@ -82,23 +82,33 @@ def test_each_source_format_lands_with_its_labels(spark, ingested):
     assert all(r.text in r.uri for r in classes)
 
 
-def test_rows_carry_metadata(spark, ingested):
+def test_rows_carry_metadata_and_name_their_stored_bytes(spark, ingested):
+    import hashlib
+
+    from lakehouse.images import stored_path
+
     s, _, _ = ingested
-    for r in read(spark, s.tables, "bronze_images").drop("content").collect():
+    rows = read(spark, s.tables, "bronze_images").collect()
+    for r in rows:
         assert r.width > 0 and r.height > 0 and r.format in ("PNG", "JPEG") and r.uri and r.ingest_time
         assert r.original_id and r.source_name == "synthetic"
+        assert r.content_path == stored_path(s.image_store_path, r.image_id)
+        assert hashlib.sha256(Path(r.content_path).read_bytes()).hexdigest() == r.image_id
+    # the store holds bronze's images and nothing else: no temporary file left, no rejected image kept
+    stored = [p for p in Path(s.image_store_path).rglob("*") if p.is_file()]
+    assert sorted(p.name for p in stored) == sorted(r.image_id for r in rows)
 
 
 def test_tables_holding_image_bytes_are_written_uncompressed(spark, ingested):
-    """Snappy gains nothing on JPEG/PNG bytes and its Parquet reader stalled on them (TableDef.holds_bytes)."""
-    from pathlib import Path
-
+    """Snappy gains nothing on JPEG/PNG bytes and its Parquet reader stalled on them (TableDef.holds_bytes):
+    landing_manifest holds the inline bytes of LAION-style records; bronze holds none (the image store does)."""
     s, _, _ = ingested
     files = {t: [p.name for p in Path(s.tables.path(t)).rglob("*.parquet") if "_delta_log" not in p.parts]
              for t in ("bronze_images", "landing_manifest", "bronze_labels")}
     assert files["bronze_images"] and files["landing_manifest"] and files["bronze_labels"]
-    assert not [f for t in ("bronze_images", "landing_manifest") for f in files[t] if ".snappy." in f], files
-    assert all(".snappy." in f for f in files["bronze_labels"])   # tables without bytes keep the default
+    assert not [f for f in files["landing_manifest"] if ".snappy." in f], files
+    # tables without bytes keep the default
+    assert all(".snappy." in f for t in ("bronze_images", "bronze_labels") for f in files[t])
 
 
 def test_quarantine_rows_name_record_and_reason(spark, ingested):
@@ -348,7 +358,8 @@ def test_a_million_row_manifest_ingests_in_bounded_batches_and_memory(spark, tmp
 def test_camera_sized_images_outweighing_the_heap_ingest_in_one_batch(tmp_path):
     """480 distinct ~1.25 MB JPEGs (600 MB) in one micro-batch under a 1 GiB driver: Parquet buffered
     100 such images per page before its first size check and the write of bronze ran out of heap.
-    The batch's decisions hold no bytes either (``_resolve`` drops what ``_chosen_bytes`` reads again)."""
+    No DataFrame of the batch holds bytes now (``_resolve`` keeps them in the image store); the inline
+    bytes of landing_manifest still pass through Parquet pages bounded by size."""
     home, n = tmp_path / "fld_home", 480
     env = dict(os.environ, FLD_SPARK_DRIVER_MEMORY="1g")
     r = subprocess.run([sys.executable, "bench/big_manifest.py", "--rows", str(n), "--images", str(n),
@@ -362,59 +373,49 @@ def test_camera_sized_images_outweighing_the_heap_ingest_in_one_batch(tmp_path):
     assert landed > 500 << 20, landed
 
 
-def test_bytes_read_again_must_be_the_bytes_that_were_checked(tmp_path):
-    """``_chosen_bytes`` (the second read, while bronze is written) takes a row when its bytes hash to
-    an image id chosen for its identity, whatever order identical rows arrive in, leaves out an image
-    whose pixels do not decode, and fails the batch (before bronze commits) when a file changed since
-    the check."""
+def test_one_pass_stores_the_checked_bytes_and_decodes_a_stored_image_no_more(tmp_path, monkeypatch):
+    """``_resolve`` reads each input once: a valid image is kept in the store under its hash, byte for
+    byte; one whose pixels do not decode is quarantined (``truncated_image``) and not kept; an image the
+    store holds is not decoded again (its pixels decoded when it was stored)."""
     import hashlib
-
-    import pandas as pd
-
-    from lakehouse.fetch import FetchPolicy
-    from lakehouse.ingest import MANIFEST, _chosen_bytes, _identity, _pixel_faults
-
     import io
 
+    import pandas as pd
     from PIL import Image
 
-    def png(colour) -> bytes:
-        buf = io.BytesIO()
-        Image.new("RGB", (4, 3), colour).save(buf, "PNG")
-        return buf.getvalue()
+    from lakehouse import ingest
+    from lakehouse.fetch import FetchPolicy
+    from lakehouse.images import stored_path
 
     buf = io.BytesIO()
     Image.effect_noise((64, 48), 40).save(buf, "PNG")   # noise: pixel data long enough to cut
-    first, one, two = buf.getvalue(), png("green"), png("blue")
-    a, b = tmp_path / "a.png", tmp_path / "b.png"
-    a.write_bytes(first)
-    b.write_bytes(png("white"))
+    good = buf.getvalue()
+    cut = good[: len(good) * 2 // 3]
+    (tmp_path / "a.png").write_bytes(good)
+    (tmp_path / "cut.png").write_bytes(cut)
+    store = str(tmp_path / "store")
 
     def row(**kw):
-        return {**{k: None for k in MANIFEST.fieldNames()}, "source_kind": "cc", "source_name": "s", **kw}
+        return {**{k: None for k in ingest.MANIFEST.fieldNames()}, "source_kind": "cc", "source_name": "s", **kw}
 
-    def sha(x):
-        return hashlib.sha256(x).hexdigest()
+    frame = pd.DataFrame([row(original_id="1", uri=str(tmp_path / "a.png")), row(original_id="2", content=good),
+                          row(original_id="3", uri=str(tmp_path / "cut.png"))])
+    decoded = []
+    real = ingest.check_pixels
+    monkeypatch.setattr(ingest, "check_pixels", lambda data: (decoded.append(len(data)), real(data)))
 
-    file_row = row(original_id="1", uri=str(a))
-    twin_1, twin_2 = row(original_id="t", content=one), row(original_id="t", content=two)
-    other = row(original_id="2", uri=str(b))   # in the batch, not chosen
-    wanted = {_identity(file_row): [sha(first)], _identity(twin_1): [sha(two), sha(one)]}
-    frame = pd.DataFrame([twin_1, other, file_row, twin_2])
-    got = pd.concat(_chosen_bytes(FetchPolicy(), wanted, 7, None, iter([frame])))
-    assert sorted(zip(got["image_id"], got["content"])) == sorted([(sha(first), first), (sha(one), one), (sha(two), two)])
+    got = pd.concat(ingest._resolve(10**8, FetchPolicy(), store, iter([frame.copy()]))).to_dict("records")
+    sha = hashlib.sha256(good).hexdigest()
+    assert [r["image_id"] for r in got[:2]] == [sha, sha] and got[0]["content_path"] == stored_path(store, sha)
+    assert Path(got[0]["content_path"]).read_bytes() == good
+    assert got[2]["reason"] == "truncated_image" and got[2]["image_id"] is None
+    assert sorted(p.name for p in Path(store).rglob("*") if p.is_file()) == [sha]   # the cut image is not kept
+    assert decoded == [len(good), len(cut)]    # the second input of the same image found it stored
 
-    # pixels that do not decode leave the image out of bronze; _pixel_faults says why
-    cut = first[: len(first) * 2 // 3]
-    a.write_bytes(cut)
-    wanted_cut = {_identity(file_row): [sha(cut)]}
-    assert list(_chosen_bytes(FetchPolicy(), wanted_cut, 7, None, iter([frame]))) == []
-    faults = pd.concat(_pixel_faults(FetchPolicy(), wanted_cut, iter([frame])))
-    assert faults.values.tolist()[0][:2] == [sha(cut), "truncated_image"] and len(faults) == 1
-
-    a.write_bytes(first + b"edited after its check")
-    with pytest.raises(RuntimeError, match="batch 7: the bytes behind 1 manifest row"):
-        list(_chosen_bytes(FetchPolicy(), wanted, 7, None, iter([frame])))
+    decoded.clear()   # a replayed batch: the stored image is checked from its header only
+    again = pd.concat(ingest._resolve(10**8, FetchPolicy(), store, iter([frame.copy()]))).to_dict("records")
+    assert [(r["image_id"], r["reason"]) for r in again] == [(r["image_id"], r["reason"]) for r in got]
+    assert decoded == [len(cut)]
 
 
 def test_identical_manifest_rows_get_distinct_row_ids_that_a_recompute_repeats():

@@ -27,6 +27,19 @@ def test_ensure_tables_idempotent_with_constraints(spark, tmp_path):
                   "('q', 'coco', 'x', null, null, 'because', null, 0, current_timestamp(), null, null)")
 
 
+def test_a_table_with_a_required_column_this_version_does_not_write_is_refused_by_name(spark, tmp_path):
+    """A bronze_images made before the image store holds a NOT NULL ``content`` column: every append would
+    fail deep inside Delta, so ``ensure_tables`` says which table, which column and what to do."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import types as T
+
+    root = TableRoot(str(tmp_path / "tables"))
+    old = T.StructType([T.StructField("content", T.BinaryType(), False), *TABLES["bronze_images"].schema.fields])
+    DeltaTable.createIfNotExists(spark).addColumns(old).location(root.path("bronze_images")).execute()
+    with pytest.raises(ValueError, match=r"table bronze_images .* required column\(s\) \['content'\].*new FLD_HOME"):
+        ensure_tables(spark, root, ["bronze_images"])
+
+
 def test_python_workers_do_not_reread_pysparks_archives_every_task(spark):
     """``lakehouse.pydaemon``: the workers import pyspark from its folder, so the per-task
     ``importlib.invalidate_caches()`` has no archive directory to read again."""

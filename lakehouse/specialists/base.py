@@ -131,7 +131,7 @@ def _error_row(image_id: str, annotator: str, version: str, round_: int, now, er
 def _annotate_partition(specialists, round_, batches) -> Iterator:
     import pandas as pd
 
-    from lakehouse.images import decode_rgb
+    from lakehouse.images import decode_rgb, read_stored
 
     cols = ANNOTATE_SCHEMA.fieldNames()
     for pdf in batches:
@@ -139,7 +139,7 @@ def _annotate_partition(specialists, round_, batches) -> Iterator:
         rows, good = [], []
         for r in pdf.itertuples(index=False):
             try:
-                good.append((r, decode_rgb(r.content)))
+                good.append((r, decode_rgb(read_stored(r.content_path))))
             except Exception as e:  # bronze was validated, but a round must not die on one image
                 rows.append(_error_row(r.image_id, "decode", "-", round_, now, error_text(e)))
         for sp in specialists:
@@ -175,7 +175,8 @@ def _annotate_all(sp: Specialist, good: list) -> list:
 
 
 def run_specialists(images: DataFrame, specialists: list[Specialist], round_: int) -> DataFrame:
-    """Annotate ``images`` (image_id, content, width, height) with every specialist, inside Spark.
+    """Annotate ``images`` (image_id, content_path, width, height: ``bronze_images``) with every specialist,
+    inside Spark; each task reads its images from the image store.
 
     The result has silver's columns plus ``error``: a specialist that raises or times out on an
     image gives one row with ``error`` set instead of annotations (see ``split_errors``).
@@ -183,7 +184,7 @@ def run_specialists(images: DataFrame, specialists: list[Specialist], round_: in
     import functools
 
     fn = functools.partial(_annotate_partition, specialists, round_)
-    return images.select("image_id", "content", "width", "height").mapInPandas(fn, schema=ANNOTATE_SCHEMA)
+    return images.select("image_id", "content_path", "width", "height").mapInPandas(fn, schema=ANNOTATE_SCHEMA)
 
 
 def split_errors(annotated: DataFrame) -> tuple[DataFrame, DataFrame]:
