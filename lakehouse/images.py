@@ -109,5 +109,10 @@ def store_image(store: str, image_id: str, data: bytes) -> str:
 
 
 def read_stored(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: bronze names this image but the image store does not hold it (was "
+                                f"the store moved or deleted? FLD_IMAGE_STORE says where it is; ingesting "
+                                f"the image again stores it again)") from None

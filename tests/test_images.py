@@ -63,3 +63,21 @@ def test_header_only_check_leaves_the_pixels_to_check_pixels():
     check_pixels(_jpeg())
     with pytest.raises(ImageRejected, match="not_an_image"):
         check_pixels(b"hello, not an image")
+
+
+def test_the_image_store_keeps_an_image_once_and_names_a_missing_one(tmp_path):
+    """Content-addressed: storing the same image twice leaves one file (no temporary left behind), and a
+    bronze path whose file is gone says what is missing and where the store is configured."""
+    from lakehouse.images import is_stored, read_stored, store_image, stored_path
+
+    data, store = _png(), str(tmp_path / "store")
+    iid = image_id(data)
+    assert not is_stored(store, iid)
+    path = store_image(store, iid, data)
+    assert path == stored_path(store, iid) and store_image(store, iid, data) == path and is_stored(store, iid)
+    assert read_stored(path) == data
+    assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == [iid]
+    (tmp_path / "store" / iid[:2] / iid).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{iid}: bronze names this image but the image store does not hold "
+                                                "it.*FLD_IMAGE_STORE"):
+        read_stored(path)
