@@ -107,14 +107,18 @@ def resolve_row(row: dict, max_pixels: int, policy: FetchPolicy, store: str | No
         iid, out["width"], out["height"], out["format"] = inspect_image(data, max_pixels, decode=False)
         if store is None or not is_stored(store, iid):
             check_pixels(data)
-            if store is not None:
-                store_image(store, iid, data)
-        out["image_id"] = iid
-        out["content_path"] = stored_path(store, iid) if store is not None else None
+        else:
+            data = None   # stored already
     except ImageRejected as e:
         out["reason"], out["detail"] = e.reason, e.detail[:2000]
+        return out
     except Exception as e:  # no poison pills: whatever one record does, it becomes one quarantine row
         out["reason"], out["detail"] = "malformed_record", f"{type(e).__name__}: {str(e)[:300]}"
+        return out
+    out["image_id"] = iid
+    if store is not None:
+        # outside the try: a store that cannot be written fails the batch (retried), it is not the record's fault
+        out["content_path"] = store_image(store, iid, data) if data is not None else stored_path(store, iid)
     return out
 
 

@@ -376,7 +376,8 @@ def test_camera_sized_images_outweighing_the_heap_ingest_in_one_batch(tmp_path):
 def test_one_pass_stores_the_checked_bytes_and_decodes_a_stored_image_no_more(tmp_path, monkeypatch):
     """``_resolve`` reads each input once: a valid image is kept in the store under its hash, byte for
     byte; one whose pixels do not decode is quarantined (``truncated_image``) and not kept; an image the
-    store holds is not decoded again (its pixels decoded when it was stored)."""
+    store holds is not decoded again (its pixels decoded when it was stored); a store that cannot be
+    written is an error, not a quarantine reason."""
     import hashlib
     import io
 
@@ -416,6 +417,12 @@ def test_one_pass_stores_the_checked_bytes_and_decodes_a_stored_image_no_more(tm
     again = pd.concat(ingest._resolve(10**8, FetchPolicy(), store, iter([frame.copy()]))).to_dict("records")
     assert [(r["image_id"], r["reason"]) for r in again] == [(r["image_id"], r["reason"]) for r in got]
     assert decoded == [len(cut)]
+
+    # a store that cannot be written fails the batch (Spark retries it); it is not the records' fault
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    with pytest.raises(OSError):
+        list(ingest._resolve(10**8, FetchPolicy(), str(blocked), iter([frame.copy()])))
 
 
 def test_identical_manifest_rows_get_distinct_row_ids_that_a_recompute_repeats():
