@@ -325,6 +325,8 @@ def test_ocr_engines_take_one_core_each_by_default():
         compiled = part.request.get_compiled_model()
         assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
         assert compiled.get_property("ENABLE_CPU_PINNING") is False  # two workers' pinned threads can share a core
+        # not the bf16 that OpenVINO picks by default on CPUs that have it: it changed the words read
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == __import__("openvino").Type.f32
     assert engine.text_det.limit_type == "min"  # small images are still scaled up: the synthetic words need it
     assert tess.threads == 1
     ort = from_config([{"type": "rapidocr", "threads": 0, "runtime": "onnxruntime"}])[0].model()

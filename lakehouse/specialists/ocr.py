@@ -172,7 +172,9 @@ class OpenVINOSession:
 
         # no pinning: Spark runs one of these per core in separate processes, and pinned threads of two
         # processes can land on the same core
-        cfg = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False, "NUM_STREAMS": 1}
+        # f32: on CPUs with bf16 (AVX-512 BF16, AMX) OpenVINO's default is bf16, and the words read changed
+        cfg = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False, "NUM_STREAMS": 1,
+               "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = threads
         self.request = ov.Core().compile_model(str(model_path), "CPU", cfg).create_infer_request()
