@@ -102,6 +102,18 @@ def test_too_many_objects_drops_the_image(spark):
     assert kept == {"calm"} and removed == {("too_many_objects", "too_many_objects"): 6}
 
 
+def test_the_too_many_objects_step_joins_nothing(spark):
+    """The per-image region counts were joined back to the annotations; at 20,000 images Spark broadcast
+    those few rows, so every filter step before them ran inside the broadcast's 300 s timeout and round 1
+    failed.  The step is a window over the image's rows: no join, so nothing to broadcast."""
+    df = spark.createDataFrame([_ann(image_id=f"i{k}", aid=f"a{k}") for k in range(3)], TABLES["silver_annotations"].schema)
+    kept, _ = apply_filters(df, FilterConfig(max_regions_per_image=4))
+    leaves = kept._jdf.queryExecution().withCachedData().collectLeaves()   # the last step, persisted
+    plans = [leaves.apply(i).cacheBuilder().cachedPlan().toString() for i in range(leaves.size())
+             if leaves.apply(i).getClass().getSimpleName() == "InMemoryRelation"]
+    assert plans and not [p for p in plans if "Join" in p], plans
+
+
 @pytest.fixture(scope="module")
 def engine(spark, tmp_path_factory):
     from lakehouse.config import load_settings
