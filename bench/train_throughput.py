@@ -110,10 +110,7 @@ def run_variant(size, tok, batches, over, plain, args, device):
            "examples_per_s": round(args.batch / dt, 2)}
     if device == "cuda":
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    del model, opt, prepared
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return out, flops
+    return out, flops  # the model and optimiser go with this frame; the caller empties the CUDA cache
 
 
 def input_rates(proc, images, device, n=64):
@@ -167,6 +164,8 @@ def main():
             entry, flops = run_variant(args.size, tok, batches, over, plain, args, device)
         except Exception as e:  # one variant failing (a compiler on this box) must not lose the others
             entry, flops = {"error": f"{type(e).__name__}: {str(e)[:300]}"}, None
+        if device == "cuda":
+            torch.cuda.empty_cache()
         key = (plain, over.get("region_attention", 1.0))
         if flops:
             eager_flops[key] = flops
