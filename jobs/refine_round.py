@@ -18,10 +18,12 @@ def main(argv=None) -> dict:
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--model", help="round > 1: Florence-2 model directory or MLflow URI (models:/name@alias)")
     p.add_argument("--specialists", help='JSON list, e.g. [{"type": "tesseract"}, {"type": "contours"}]')
+    p.add_argument("--no-relabel", action="store_true",
+                   help="do not ask the model to name the published round's regions (<REGION_TO_CATEGORY>)")
     p.add_argument("--image-limit", type=int, default=None)
     args = p.parse_args(argv)
     s = settings_from(args)
-    cfg = RoundConfig(round=args.round, model=args.model, image_limit=args.image_limit)
+    cfg = RoundConfig(round=args.round, model=args.model, relabel=not args.no_relabel, image_limit=args.image_limit)
     if args.specialists:
         cfg.specialists = json.loads(args.specialists)
     elif args.round > 1:

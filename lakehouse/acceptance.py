@@ -8,8 +8,12 @@ when another (non-model) annotator agrees with it on the same image (regions:
 same label and IoU >= 0.5; words: same text and IoU >= 0.5).  Where a model
 region and a specialist region cover the same object (IoU >= 0.5) with different
 labels, the label of whichever is right more often on the audit slice wins and
-the other is dropped.  Every drop has a reason, counted in ``filter_log`` under
-the step ``acceptance``.
+the other is dropped.  A relabelling model (``Florence2Labels``) names regions the
+published round already has, so only its label is judged: it replaces the label of
+a specialist region on the same box when the model is right more often on the
+audit slice and sure enough of it (``relabel_min_confidence``); a human label is
+never replaced.  Every drop has a reason, counted in ``filter_log`` under the step
+``acceptance``.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ class AcceptanceConfig:
     target_precision: float = 0.9   # per kind, on the audit slice
     min_support: int = 5            # fewer audited model annotations at a threshold: it does not count
     caption_precision: float = 0.8  # a caption is right when this share of its words is in the reference's
+    relabel_min_confidence: float = 0.5  # a model's label replaces a specialist's only this sure (and above the
+                                         # region confidence filter, so the region is not lost to it)
 
 
 def _words(s) -> list[str]:
@@ -103,10 +109,37 @@ def calibrate_models(audit_anns: list[dict], refs: dict[str, dict], models: set[
                        {k: len(v) for k, v in groups.items()})
 
 
-def _decide(models: frozenset, cal: Calibration, pdf):
+def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConfig, reasons) -> str | None:
+    """Why a relabelling model's region is dropped (None: kept), marking the specialist regions it overrules."""
+    covering = [(j, o) for j, o in others if o["kind"] == "region" and iou(r["bbox"], o["bbox"]) >= 0.5]
+    if any(_label(o["text"]) == _label(r["text"]) for _, o in covering):
+        return "relabel_agrees"  # the region keeps its own row (and provenance)
+    if any(o["annotator"].startswith("human:") for _, o in covering):
+        return "label_kept_by_human"
+    mine = cal.label_precision.get(r["annotator"], 0.0)
+    if not covering:
+        # the specialist row this box came from was overruled in an earlier round: the label stays the
+        # model's while the model is at least as precise as every specialist on the slice
+        rivals = [p for a, p in cal.label_precision.items() if a not in models and not a.startswith("human:")]
+        if rivals and mine < max(rivals):
+            return "relabel_less_precise"
+    elif not all(mine > cal.label_precision.get(o["annotator"], 0.0) for _, o in covering):
+        return "label_kept_by_specialist"
+    if (r["confidence"] or 0.0) < cfg.relabel_min_confidence:
+        return "relabel_unsure"
+    for j, _ in covering:
+        reasons[j] = "label_overruled_by_model"
+    return None
+
+
+def _decide(models: frozenset, relabelers: frozenset, cal: Calibration, cfg: AcceptanceConfig, pdf):
     rows = pdf.to_dict("records")
     reasons = [None] * len(rows)
     others = [(i, r) for i, r in enumerate(rows) if r["annotator"] not in models and r["bbox"] is not None]
+    for i, r in enumerate(rows):  # first, so that an overruled specialist region is not also a rival below
+        if r["annotator"] in relabelers and r["kind"] == "region" and r["bbox"] is not None:
+            reasons[i] = _relabel(r, others, models, cal, cfg, reasons)
+    others = [(i, r) for i, r in others if reasons[i] is None]
 
     def agrees(r):
         same = (lambda o: _label(o["text"]) == _label(r["text"])) if r["kind"] == "region" else \
@@ -114,7 +147,7 @@ def _decide(models: frozenset, cal: Calibration, pdf):
         return any(o["kind"] == r["kind"] and same(o) and iou(r["bbox"], o["bbox"]) >= 0.5 for _, o in others)
 
     for i, r in enumerate(rows):
-        if r["annotator"] not in models:
+        if r["annotator"] not in models or r["annotator"] in relabelers:
             continue
         thr = cal.thresholds.get((r["annotator"], r["kind"]))
         trusted = thr is not None and (r["confidence"] or 0.0) >= thr
@@ -135,7 +168,10 @@ def _decide(models: frozenset, cal: Calibration, pdf):
     return pdf.assign(drop_reason=reasons)
 
 
-def apply_acceptance(df: DataFrame, models: set[str], cal: Calibration) -> DataFrame:
-    """``df`` with a ``drop_reason`` column (null: accepted) for every annotation of the round."""
+def apply_acceptance(df: DataFrame, models: set[str], cal: Calibration, cfg: AcceptanceConfig = AcceptanceConfig(),
+                     relabelers: set[str] = frozenset()) -> DataFrame:
+    """``df`` with a ``drop_reason`` column (null: accepted) for every annotation of the round; ``relabelers``:
+    the models among ``models`` whose regions are the published round's, renamed."""
     schema = T.StructType(df.schema.fields + [T.StructField("drop_reason", T.StringType())])
-    return df.groupBy("image_id").applyInPandas(functools.partial(_decide, frozenset(models), cal), schema)
+    fn = functools.partial(_decide, frozenset(models), frozenset(relabelers), cal, cfg)
+    return df.groupBy("image_id").applyInPandas(fn, schema)

@@ -22,7 +22,7 @@ from lakehouse.acceptance import AcceptanceConfig, apply_acceptance, calibrate_m
 from lakehouse.faults import crash_point
 from lakehouse.filters import FilterConfig, apply_filters
 from lakehouse.fld import build_gold, human_annotations, publish_gold
-from lakehouse.specialists import from_config, run_specialists, split_errors
+from lakehouse.specialists import from_config, region_lists, run_specialists, split_errors
 from lakehouse.statistics import round_statistics
 from lakehouse.tables import TABLES, TableRoot, current_version, ensure_tables, merge_insert, read
 from quality import audit
@@ -90,6 +90,7 @@ class RoundConfig:
     round: int
     specialists: list = field(default_factory=lambda: [dict(s) for s in DEFAULT_SPECIALISTS])
     model: str | None = None           # round > 1: the Florence-2 model (directory or MLflow URI) that refines
+    relabel: bool = True               # ... and names the published round's regions (``Florence2Labels``)
     filters: FilterConfig = field(default_factory=FilterConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -199,9 +200,14 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
         raise ValueError(f"no round before {cfg.round} is published; run round 1 first")
     prev = read(spark, root, "silver_annotations", version=published_versions(spark, root, base)["silver"]) \
         .filter(F.col("round") == base)
-    specialists = from_config(([{"type": "florence2", "model": cfg.model}] if cfg.model else []) + list(cfg.specialists or []))
+    models = [{"type": "florence2", "model": cfg.model}] if cfg.model else []
+    if cfg.model and cfg.relabel:
+        models.append({"type": "florence2_labels", "model": cfg.model})
+    specialists = from_config(models + list(cfg.specialists or []))
     log(f"[round {cfg.round}] refining published round {base} with {', '.join(s.name for s in specialists)}")
-    raw = run_specialists(images, specialists, cfg.round).persist()
+    # the regions to name: the published round's, except humans' (trusted as they are)
+    regions = region_lists(prev.filter(~F.col("annotator").startswith("human:")))
+    raw = run_specialists(images, specialists, cfg.round, regions).persist()
     # an annotator that runs again replaces what it said last round
     carried = (prev.filter(~F.col("annotator").isin([sp.name for sp in specialists]))
                .withColumn("round", F.lit(cfg.round)).join(images.select("image_id"), "image_id", "left_semi"))
@@ -211,6 +217,7 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
 def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
     """Model annotations pass only where calibrated on the audit slice or confirmed (lakehouse.acceptance)."""
     models = {s.name for s in specialists if s.is_model}
+    relabelers = {s.name for s in specialists if s.relabels}
     if not models:
         return anns, []
     audited = [r.asDict() for r in anns.filter(F.col("image_id").isin(sorted(ref))).collect()] if ref else []
@@ -218,7 +225,7 @@ def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
     log(f"[round {cfg.round}] acceptance thresholds (target precision {cfg.acceptance.target_precision}): "
         f"{cal.summary()}; label precision on the audit slice: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal.label_precision.items())))
-    marked = apply_acceptance(anns, models, cal).persist()  # counted, then filtered: decide once
+    marked = apply_acceptance(anns, models, cal, cfg.acceptance, relabelers).persist()  # counted, then filtered: decide once
     drops = (marked.filter(F.col("drop_reason").isNotNull())
              .groupBy(F.lit("acceptance").alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))
              .agg(F.count("*").alias("removed")).collect())

@@ -53,3 +53,38 @@ class ShiftedContours(Specialist):
     def annotate(self, image, image_id):
         w, h = image.size
         return [{"kind": "region", "text": "circle", "bbox": [0.0, 0.0, w * 0.1, h * 0.1], "confidence": 0.9}]
+
+
+class _Relabels(_FromTruth):
+    """Names the regions it is given (``takes_regions``), as ``Florence2Labels`` does."""
+
+    is_model, takes_regions, relabels = True, True, True
+
+    def annotate(self, image, image_id, regions=None):
+        from florence2.geometry import iou
+
+        out = []
+        for r in regions or []:
+            best = max(self.objects(image_id), key=lambda o: iou(o["bbox"], r["bbox"]), default=None)
+            if best is not None and iou(best["bbox"], r["bbox"]) >= 0.5:
+                out.append({"kind": "region", "text": self.label(best), "bbox": r["bbox"],
+                            "polygons": r["polygons"], "confidence": 0.95})
+        return out
+
+
+class OracleLabels(_Relabels):
+    """Always names a region's object right."""
+
+    name = "oracle_labels"
+
+    def label(self, obj):
+        return obj["category"]
+
+
+class WrongLabels(_Relabels):
+    """Always names a region's object wrong, and is sure of it."""
+
+    name = "wrong_labels"
+
+    def label(self, obj):
+        return CATEGORIES[(CATEGORIES.index(obj["category"]) + 3) % len(CATEGORIES)]

@@ -88,6 +88,41 @@ def test_acceptance_keeps_a_right_model_and_drops_a_wrong_one(spark, world):
     assert silver.filter(F.col("annotator") == "contours").count() > 0
 
 
+def test_a_relabelling_model_renames_regions_only_where_it_is_right_more_often(spark, tmp_path):
+    """Relabelling (``Florence2Labels``' contract): a model that names the published round's regions
+    replaces the contour specialist's labels where it is better calibrated, keeps the boxes and
+    polygons, loses to the specialist where it is worse, and the regions it renamed stay in the
+    next round although the specialist rows they replaced are gone."""
+    from lakehouse.config import load_settings
+
+    s = load_settings(home=tmp_path / "fld_home")
+    write_world(s.landing, s.synthetic_dir, n_images=16, seed=8, bad_inputs=False)
+    run_ingest(spark, s, log=None)
+    spark.sparkContext.addPyFile(str(Path(__file__).with_name("audit_specialists.py")))
+    root = s.tables
+    first = run_round(spark, s, RoundConfig(round=1, specialists=[{"type": "contours"}], gate=GATE), log=lambda *a: None)
+    models = [{"type": "python", "class": f"audit_specialists:{c}", "kwargs": {"truth": _truth(s)}}
+              for c in ("OracleLabels", "WrongLabels")]
+    second = run_round(spark, s, RoundConfig(round=2, specialists=models, gate=GATE), log=lambda *a: None)
+    log = {(r.annotator, r.reason): r.removed for r in read(spark, root, "filter_log")
+           .filter("round = 2 AND step = 'acceptance'").collect()}
+    assert log.get(("contours", "label_overruled_by_model"), 0) > 0, log
+    assert log.get(("oracle_labels", "relabel_agrees"), 0) > 0, log
+    assert log.get(("wrong_labels", "label_kept_by_specialist"), 0) > 0, log
+    silver = read(spark, root, "silver_annotations").filter("round = 2 AND kind = 'region'")
+    assert silver.filter("annotator = 'wrong_labels'").count() == 0
+    renamed = silver.filter("annotator = 'oracle_labels'")
+    assert 0 < renamed.count() <= log[("contours", "label_overruled_by_model")]
+    assert renamed.filter(F.col("polygons").isNull()).count() == 0
+    # same boxes, better labels
+    assert second["audit"]["boxes"] == first["audit"]["boxes"]
+    assert second["audit"]["regions"]["f1"] > first["audit"]["regions"]["f1"]
+    third = run_round(spark, s, RoundConfig(round=3, specialists=models, gate=GATE), log=lambda *a: None)
+    assert third["audit"]["regions"] == second["audit"]["regions"]
+    assert read(spark, root, "silver_annotations").filter("round = 3 AND annotator = 'oracle_labels'").count() \
+        == renamed.count()
+
+
 def test_calibration_finds_the_threshold_for_the_target_precision():
     cfg = AcceptanceConfig(target_precision=0.9, min_support=3)
     audited = [(0.99, True), (0.95, True), (0.9, True), (0.8, True), (0.7, False), (0.6, False), (0.5, True)]

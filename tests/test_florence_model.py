@@ -130,6 +130,30 @@ def test_model_specialist_batches_equal_one_image_at_a_time(trained, tmp_path):
     assert any(a["kind"] == "region" for anns in batched for a in anns)
 
 
+def test_relabelling_specialist_names_each_region_it_is_given_and_keeps_its_geometry(trained, tmp_path):
+    from lakehouse.specialists.florence import Florence2Labels, renamed
+
+    model, proc, data = trained
+    modeling.save(model, proc, tmp_path / "m")
+    sp = Florence2Labels(str(tmp_path / "m"), batch_size=4, device="cpu")
+    scenes = list(generate(3, seed=5))
+    images = [img for _, img in scenes]
+    regions = [[{"bbox": list(o.bbox), "polygons": [list(o.polygon)], "text": o.category,
+                 "description": f"{o.size} {o.color} {o.category}"} for o in s.objects] for s, _ in scenes]
+    regions[1] = []  # an image without regions is asked nothing
+    got = sp.annotate_batch(images, ["a", "b", "c"], regions)
+    pred = Predictor(model, proc, max_new_tokens=16)
+    for img, regs, anns in zip(images, regions, got):
+        answers = pred.predict([Request(img, "<REGION_TO_CATEGORY>", region=tuple(r["bbox"])) for r in regs]) if regs else []
+        expect = [(r, a) for r, a in zip(regs, answers) if a["answer"].strip()]
+        assert [(a["text"], a["bbox"], a["polygons"], a["description"]) for a in anns] == \
+            [(x["answer"].strip(), r["bbox"], r["polygons"], renamed(r, x["answer"].strip())) for r, x in expect]
+        assert np.allclose([a["confidence"] for a in anns], [x["score"] for _, x in expect], atol=1e-4)
+    assert got[1] == [] and sum(map(len, got)) > 0
+    assert renamed({"text": "circle", "description": "small red circle"}, "square") == "small red square"
+    assert renamed({"text": "circle", "description": None}, "square") == "square"
+
+
 def test_scores_are_high_on_learned_boxes(trained):
     model, proc, data = trained
     img, ex = next((i, e) for i, e in data if e.task == "<OD>")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib
 
-from lakehouse.specialists.base import Specialist, run_specialists, split_errors
+from lakehouse.specialists.base import Specialist, region_lists, run_specialists, split_errors
 
 REGISTRY = {
     "tesseract": "lakehouse.specialists.ocr:TesseractOCR",
     "rapidocr": "lakehouse.specialists.ocr:RapidOCRSpecialist",
     "contours": "lakehouse.specialists.regions:ContourRegions",
     "florence2": "lakehouse.specialists.florence:Florence2Specialist",
+    "florence2_labels": "lakehouse.specialists.florence:Florence2Labels",
     "hf_pipeline": "lakehouse.specialists.hf:HFPipelineSpecialist",
 }
 
@@ -41,4 +42,4 @@ def from_config(entries: list[dict]) -> list[Specialist]:
     return out
 
 
-__all__ = ["Specialist", "from_config", "run_specialists", "split_errors", "REGISTRY"]
+__all__ = ["Specialist", "from_config", "region_lists", "run_specialists", "split_errors", "REGISTRY"]

@@ -48,6 +48,12 @@ class Specialist:
 
     # a specialist that batches (a model on a GPU) overrides ``annotate_batch`` and sets this
     batched = False
+    # a specialist that works on the published round's regions gets them: ``annotate(image, image_id,
+    # regions)`` / ``annotate_batch(images, image_ids, regions)``, each region a dict of bbox, polygons,
+    # text and description (``run_specialists(regions=...)``)
+    takes_regions = False
+    # its regions are the published round's, renamed: acceptance judges their labels only
+    relabels = False
 
     def annotate_batch(self, images: list, image_ids: list[str]) -> list[list[dict]]:
         """Many images at once; the default is one ``annotate`` call each."""
@@ -143,7 +149,7 @@ def _annotate_partition(specialists, round_, batches) -> Iterator:
             except Exception as e:  # bronze was validated, but a round must not die on one image
                 rows.append(_error_row(r.image_id, "decode", "-", round_, now, error_text(e)))
         for sp in specialists:
-            for (r, _), result in zip(good, _annotate_all(sp, good)):
+            for (r, _), result in zip(good, _annotate_all(sp, good, [_regions(r) for r, _ in good])):
                 if isinstance(result, BaseException):  # one (image, specialist) fails, the round goes on
                     rows.append(_error_row(r.image_id, sp.name, str(sp.version), round_, now, error_text(result)))
                 else:
@@ -151,32 +157,54 @@ def _annotate_partition(specialists, round_, batches) -> Iterator:
         yield pd.DataFrame(rows, columns=cols)
 
 
-def _annotate_one(sp: Specialist, img, image_id: str):
+def _regions(row) -> list[dict]:
+    """The published round's regions of an image row (``run_specialists(regions=...)``) as plain dicts."""
+    regs = getattr(row, "regions", None)
+    if regs is None or (isinstance(regs, float) and regs != regs):  # no regions: null, or NaN from pandas
+        return []
+    return [{"bbox": [float(v) for v in g["bbox"]], "text": g["text"], "description": g["description"],
+             "polygons": None if g["polygons"] is None else [[float(v) for v in p] for p in g["polygons"]]}
+            for g in regs]
+
+
+def _annotate_one(sp: Specialist, img, image_id: str, regions: list[dict]):
     try:
         with _deadline(sp.timeout_s):
-            return sp.annotate(img, image_id)
+            return sp.annotate(img, image_id, regions) if sp.takes_regions else sp.annotate(img, image_id)
     except Exception as e:
         return e
 
 
-def _annotate_all(sp: Specialist, good: list) -> list:
+def _annotate_all(sp: Specialist, good: list, regions: list[list[dict]]) -> list:
     """Each image's annotations, or the exception it raised.  A batching specialist gets the whole
     Arrow batch in one call (its deadline scaled by the batch); if that call fails, the batch is
     retried one image at a time, so only the images that fail are errors."""
     if sp.batched and len(good) > 1:
+        images, ids = [img for _, img in good], [r.image_id for r, _ in good]
         try:
             with _deadline(sp.timeout_s * len(good)):
-                out = sp.annotate_batch([img for _, img in good], [r.image_id for r, _ in good])
+                out = sp.annotate_batch(images, ids, regions) if sp.takes_regions else sp.annotate_batch(images, ids)
             if len(out) == len(good):
                 return out
         except Exception:
             pass
-    return [_annotate_one(sp, img, r.image_id) for r, img in good]
+    return [_annotate_one(sp, img, r.image_id, regs) for (r, img), regs in zip(good, regions)]
 
 
-def run_specialists(images: DataFrame, specialists: list[Specialist], round_: int) -> DataFrame:
+def region_lists(annotations: DataFrame) -> DataFrame:
+    """(image_id, regions) of the region annotations given: what ``run_specialists(regions=...)`` takes."""
+    from pyspark.sql import functions as F
+
+    return (annotations.filter(F.col("kind") == "region")
+            .groupBy("image_id")
+            .agg(F.collect_list(F.struct("bbox", "polygons", "text", "description")).alias("regions")))
+
+
+def run_specialists(images: DataFrame, specialists: list[Specialist], round_: int,
+                    regions: DataFrame | None = None) -> DataFrame:
     """Annotate ``images`` (image_id, content_path, width, height: ``bronze_images``) with every specialist,
-    inside Spark; each task reads its images from the image store.
+    inside Spark; each task reads its images from the image store.  ``regions`` (``region_lists``): the
+    regions that specialists with ``takes_regions`` work on.
 
     The result has silver's columns plus ``error``: a specialist that raises or times out on an
     image gives one row with ``error`` set instead of annotations (see ``split_errors``).
@@ -184,7 +212,10 @@ def run_specialists(images: DataFrame, specialists: list[Specialist], round_: in
     import functools
 
     fn = functools.partial(_annotate_partition, specialists, round_)
-    return images.select("image_id", "content_path", "width", "height").mapInPandas(fn, schema=ANNOTATE_SCHEMA)
+    src = images.select("image_id", "content_path", "width", "height")
+    if regions is not None and any(sp.takes_regions for sp in specialists):
+        src = src.join(regions.select("image_id", "regions"), "image_id", "left")
+    return src.mapInPandas(fn, schema=ANNOTATE_SCHEMA)
 
 
 def split_errors(annotated: DataFrame) -> tuple[DataFrame, DataFrame]:

@@ -1,6 +1,9 @@
-"""The model specialist: any Florence-2 checkpoint directory or MLflow model annotates images.
+"""The model specialists: any Florence-2 checkpoint directory or MLflow model annotates images.
 
-This is how round N+1 uses round N's model.  ``model`` is a local directory in the
+This is how round N+1 uses round N's model: ``Florence2Specialist`` asks it for
+whole-image tasks (``<OD>``, OCR with regions, captions), and ``Florence2Labels``
+asks it to name the regions the published round already has
+(``<REGION_TO_CATEGORY>`` on each box).  ``model`` is a local directory in the
 Hugging Face layout, or an MLflow URI (``models:/name@alias``, ``runs:/id/path``)
 whose artifacts hold such a directory.
 """
@@ -80,3 +83,45 @@ class Florence2Specialist(Specialist):
             out += [{"kind": "word", "text": lab, "quad": [float(v) for v in q], "bbox": bounding_box(q),
                      "confidence": sc} for q, lab, sc in zip(ans["quad_boxes"], ans["labels"], ans["scores"])]
         return out
+
+
+def renamed(region: dict, label: str) -> str:
+    """The region's description with its label replaced ('small red circle' -> 'small red square')."""
+    old, desc = (region.get("text") or "").strip(), (region.get("description") or "").strip()
+    if old and desc.lower().endswith(old.lower()):
+        return desc[: len(desc) - len(old)] + label
+    return label
+
+
+class Florence2Labels(Florence2Specialist):
+    """The model names each region of the published round (``<REGION_TO_CATEGORY>`` on its box).  Box and
+    polygons stay the region's; only the label is the model's, and it replaces a specialist's only
+    where the model is right more often on the audit slice (``lakehouse.acceptance``)."""
+
+    name = "florence2_labels"
+    takes_regions = True
+    relabels = True
+    kinds = ("region",)
+
+    def __init__(self, model: str, max_new_tokens: int = 16, version: str | None = None, name: str | None = None,
+                 batch_size: int = 16, device: str | None = None):
+        super().__init__(model, ("<REGION_TO_CATEGORY>",), max_new_tokens, version, name, batch_size, device)
+
+    def annotate(self, image, image_id, regions=None):
+        return self.annotate_batch([image], [image_id], [regions or []])[0]
+
+    def annotate_batch(self, images, image_ids, regions=None):
+        from florence2.predictor import Request
+
+        asked = [(k, reg) for k, regs in enumerate(regions or [[] for _ in images]) for reg in regs]
+        results = self.model().predict([Request(images[k], "<REGION_TO_CATEGORY>", region=tuple(reg["bbox"]))
+                                        for k, reg in asked]) if asked else []
+        per_image = [[] for _ in images]
+        for (k, reg), res in zip(asked, results):
+            label = (res["answer"] or "").strip()
+            if label:
+                per_image[k].append({"kind": "region", "text": label, "description": renamed(reg, label),
+                                     "bbox": list(reg["bbox"]), "polygons": reg.get("polygons"),
+                                     "confidence": res["score"]})
+        return per_image
+
