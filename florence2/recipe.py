@@ -71,6 +71,9 @@ class Config:
                                           # left column / top row / right column / bottom row only
     region_cells_balanced: bool = True    # the cell term averages object and background cells apart (most
                                           # cells are background, whose easy term otherwise drowns the shapes)
+    region_prompts: bool = False          # a text answer about the prompt's region (<REGION_TO_CATEGORY>) is
+                                          # supervised as that box's label (cells and attention); off: no gain
+                                          # measured yet (6 CPU minutes left both arms image-blind)
     scratch_positions: str = "bins"       # florence2.modeling.init_for_scratch: grid | bins
     vision_lr_scale: float = 1.0          # the vision tower's and projector's rate, as a multiple of lr
 
@@ -223,6 +226,23 @@ def target_boxes(labels, loc_range: tuple[int, int], skip_ids) -> list[list[tupl
     return out
 
 
+def prompt_boxes(input_ids, labels, loc_range: tuple[int, int], skip_ids) -> list[tuple | None]:
+    """Per example, the box its prompt asks about when the answer is text ((last answer token, box in bins,
+    answer positions): ``<REGION_TO_CATEGORY>``, ``<REGION_TO_DESCRIPTION>``, ``<REGION_TO_OCR>``), else None.
+    The answer is about that box, so it is supervised like a box the target names (``region_targets``)."""
+    a, b = loc_range
+    out = []
+    for ids, row in zip(input_ids.tolist(), labels.tolist()):
+        locs = [t - a for t in ids if a <= t < b]
+        answer = [p for p, t in enumerate(row) if t >= 0 and t not in skip_ids]
+        if len(locs) != 4 or not answer or any(a <= row[p] < b for p in answer):
+            out.append(None)
+            continue
+        x0, y0, x1, y1 = locs
+        out.append((row[answer[-1]], (x0, y0, x1, y1), answer) if x1 > x0 and y1 > y0 else None)
+    return out
+
+
 def box_cells(box: tuple, grid: int):
     """Boolean mask over a grid x grid image-token layout (row-major) of the cells whose centres lie
     in the box (bins of 1,000); a box smaller than a cell gets the cell of its centre."""
@@ -260,19 +280,22 @@ def edge_cells(mask, grid: int):
 
 
 def region_targets(input_ids, labels, loc_range, text_config, image_token_id: int,
-                   edges: bool = False, heads: list[int] | None = None) -> dict | None:
+                   edges: bool = False, heads: list[int] | None = None, prompts: bool = False) -> dict | None:
     """The targets of the region terms, built on the host from the batch's token ids (run it before the
     batch moves to the device: parsing boxes on device tensors would sync every step).
 
     ``cells`` (B, G*G): the label's last token for each image token inside a target box (larger boxes
     first, so a smaller box in front keeps its cells), ``</s>`` for the others, -100 for examples
     without boxes; ``where`` (B, L, G*G): for each target position that writes a box or its label, the
-    image tokens of that box.  ``first``/``grid`` locate the grid among the encoder's tokens.  ``heads``
+    image tokens of that box.  A text answer about the prompt's region (``prompt_boxes``) counts as that
+    box's label, written at every answer position (``prompts``).  ``first``/``grid`` locate the grid among the encoder's tokens.  ``heads``
     (``tokenization.head_tokens``) names a cell by its label's word without the leading space."""
     import torch
 
-    per_example = target_boxes(labels, loc_range, {text_config.bos_token_id, text_config.eos_token_id,
-                                                   text_config.pad_token_id})
+    skip = {text_config.bos_token_id, text_config.eos_token_id, text_config.pad_token_id}
+    per_example = target_boxes(labels, loc_range, skip)
+    asked = prompt_boxes(input_ids, labels, loc_range, skip) if prompts else [None] * labels.shape[0]
+    per_example = [boxes or ([q] if q else []) for boxes, q in zip(per_example, asked)]
     if not any(per_example):
         return None
     is_image = (input_ids[0] == image_token_id).tolist()
@@ -289,7 +312,7 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
             m = box_cells(box, grid)
             cells[i][m] = heads[word] if heads else word
             where[i, span] = m
-            if edges:  # the last four positions of a span are its location tokens
+            if edges and not asked[i]:  # the last four positions of a target's span are its location tokens
                 for pos, e in zip(span[-4:], edge_cells(m, grid)):
                     where[i, pos] = e
     return {"cells": cells, "where": where, "first": first, "grid": grid}
@@ -349,7 +372,8 @@ def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | 
     use_regions = loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0)
     if use_regions and regions is None:
         regions = region_targets(inputs["input_ids"].cpu(), inputs["labels"].cpu(), loc_range,
-                                 model.config.text_config, model.config.image_token_id, cfg.region_edges, heads)
+                                 model.config.text_config, model.config.image_token_id, cfg.region_edges, heads,
+                                 cfg.region_prompts)
         regions = regions and {k: v.to(inputs["labels"].device) if hasattr(v, "to") else v for k, v in regions.items()}
     try:
         labels = inputs["labels"]
@@ -380,7 +404,8 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     regions = None
     if loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0):
         regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,
-                                 model_config.image_token_id, cfg.region_edges, head_tokens(proc.tokenizer))
+                                 model_config.image_token_id, cfg.region_edges, head_tokens(proc.tokenizer),
+                                 cfg.region_prompts)
     cuda = device.startswith("cuda")
 
     def move(v):

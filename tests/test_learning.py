@@ -104,6 +104,39 @@ def test_a_shape_names_its_cells_alike_in_od_and_grounding():
     assert (named == tok.convert_tokens_to_ids("circle")).all()
 
 
+def test_a_text_answer_about_the_prompts_region_is_supervised_on_that_region():
+    """<REGION_TO_CATEGORY>'s box is in the prompt and its answer is the label: the box's cells are named
+    by the answer and every answer position looks at them, as for a box a target names; a region prompt
+    whose answer is a polygon, and a prompt without a region, get nothing."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    from florence2.tasks import build_prompt
+    from florence2.tokenization import head_tokens
+
+    tok = tokenizer()
+    model, proc = modeling.create("tiny", tok)
+    box = (10, 20, 60, 90)
+    prompts = [build_prompt("<REGION_TO_CATEGORY>", region=box, image_size=(100, 100)),
+               build_prompt("<REGION_TO_SEGMENTATION>", region=box, image_size=(100, 100)), "<CAPTION>"]
+    batch = proc.batch([], prompts, ["star", "<loc_1><loc_2><loc_300><loc_4><loc_5><loc_600>", "a star"])
+    args = (batch["input_ids"], batch["labels"], modeling.loc_token_range(tok), model.config.text_config,
+            model.config.image_token_id, True, head_tokens(tok))
+    got = recipe.region_targets(*args, prompts=True)
+    inside = recipe.box_cells((100, 200, 600, 900), 8)
+    assert (got["cells"][0, inside] == tok.convert_tokens_to_ids("star")).all()
+    assert (got["cells"][0, ~inside] == tok.eos_token_id).all() and (got["cells"][1:] == -100).all()
+    answer = [p for p, t in enumerate(batch["labels"][0].tolist()) if t >= 0 and t not in (tok.bos_token_id, tok.eos_token_id)]
+    assert answer and all(torch.equal(got["where"][0, p], inside) for p in answer)
+    assert int(got["where"][0].any(-1).sum()) == len(answer) and not got["where"][1:].any()
+    assert recipe.region_targets(*args) is None  # Config.region_prompts is off by default
+
+
 def test_bins_positions_name_each_cell_by_its_location_token():
     """scratch_positions=bins: a grid column's (row's) embedding is, at the frequencies they share, the
     embedding of the <loc_k> at the cell's centre, so reading a position out is a linear map."""
