@@ -175,10 +175,12 @@ def _annotate_one(sp: Specialist, img, image_id: str, regions: list[dict]):
         return e
 
 
-def _annotate_all(sp: Specialist, good: list, regions: list[list[dict]]) -> list:
+def _annotate_all(sp: Specialist, good: list, regions: list[list[dict]] | None = None) -> list:
     """Each image's annotations, or the exception it raised.  A batching specialist gets the whole
     Arrow batch in one call (its deadline scaled by the batch); if that call fails, the batch is
-    retried one image at a time, so only the images that fail are errors."""
+    retried one image at a time, so only the images that fail are errors.  ``regions``: each image's,
+    for a specialist that ``takes_regions``."""
+    regions = regions if regions is not None else [[] for _ in good]
     if sp.batched and len(good) > 1:
         images, ids = [img for _, img in good], [r.image_id for r, _ in good]
         try:
