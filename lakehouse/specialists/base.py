@@ -148,8 +148,9 @@ def _annotate_partition(specialists, round_, batches) -> Iterator:
                 good.append((r, decode_rgb(read_stored(r.content_path))))
             except Exception as e:  # bronze was validated, but a round must not die on one image
                 rows.append(_error_row(r.image_id, "decode", "-", round_, now, error_text(e)))
+        regions = [_regions(r) for r, _ in good]
         for sp in specialists:
-            for (r, _), result in zip(good, _annotate_all(sp, good, [_regions(r) for r, _ in good])):
+            for (r, _), result in zip(good, _annotate_all(sp, good, regions)):
                 if isinstance(result, BaseException):  # one (image, specialist) fails, the round goes on
                     rows.append(_error_row(r.image_id, sp.name, str(sp.version), round_, now, error_text(result)))
                 else:
