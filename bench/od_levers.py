@@ -72,7 +72,7 @@ def teacher_forced(model, proc, val, cfg) -> dict:
     model.set_attn_implementation("eager")
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)
-        cell, att = recipe.region_losses(model, out, reg, cfg)
+        cell, att, pool = recipe.region_losses(model, out, reg, cfg)
     first, n = reg["first"], reg["grid"] ** 2
     a = torch.stack([c[..., first:first + n] for c in out.cross_attentions]).float().mean((0, 2))
     written = reg["where"].any(-1)
@@ -82,8 +82,13 @@ def teacher_forced(model, proc, val, cfg) -> dict:
     label_acc = sum(int(pred[i, p] == inputs["labels"][i, p]) for i, p in starts) / max(1, len(starts))
     cells = reg["cells"]
     obj = (cells != -100) & (cells != tok.eos_token_id)
-    cell_pred = model.lm_head(out.encoder_last_hidden_state[:, first:first + n]).argmax(-1)
-    return {"cell_term": float(cell), "attention_term": float(att),
+    enc = out.encoder_last_hidden_state[:, first:first + n]
+    cell_pred = model.lm_head(enc).argmax(-1)
+    boxes, box_labels = reg["boxes"].float(), reg["box_labels"]
+    pool_pred = model.lm_head(boxes @ enc / boxes.sum(-1, keepdim=True).clamp(min=1)).argmax(-1)
+    real = box_labels != -100
+    return {"cell_term": float(cell), "attention_term": float(att), "pool_term": float(pool),
+            "encoder_box_mean_accuracy": float((pool_pred[real] == box_labels[real]).float().mean()),
             "attention_in_cells": float((a * reg["where"].float()).sum(-1)[written].mean()),
             "label_accuracy_teacher_forced": label_acc,
             "encoder_object_cell_accuracy": float((cell_pred[obj] == cells[obj]).float().mean())}

@@ -74,6 +74,10 @@ class Config:
     region_prompts: bool = False          # a text answer about the prompt's region (<REGION_TO_CATEGORY>) is
                                           # supervised as that box's label (cells and attention); off: no gain
                                           # measured yet (6 CPU minutes left both arms image-blind)
+    region_pool: float = 0.0              # each target box's image tokens, averaged (what the decoder reads
+                                          # when its attention spreads over the box), predict the box's label
+                                          # through the tied output layer: a whole shape, where one cell of a
+                                          # large one sees flat colour
     scratch_positions: str = "bins"       # florence2.modeling.init_for_scratch: grid | bins
     vision_lr_scale: float = 1.0          # the vision tower's and projector's rate, as a multiple of lr
 
@@ -288,7 +292,8 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     first, so a smaller box in front keeps its cells), ``</s>`` for the others, -100 for examples
     without boxes; ``where`` (B, L, G*G): for each target position that writes a box or its label, the
     image tokens of that box.  A text answer about the prompt's region (``prompt_boxes``) counts as that
-    box's label, written at every answer position (``prompts``).  ``first``/``grid`` locate the grid among the encoder's tokens.  ``heads``
+    box's label, written at every answer position (``prompts``).  ``boxes`` (B, K, G*G) and ``box_labels``
+    (B, K, -100 where an example has fewer) are each box's cells and label (``region_pool``).  ``first``/``grid`` locate the grid among the encoder's tokens.  ``heads``
     (``tokenization.head_tokens``) names a cell by its label's word without the leading space."""
     import torch
 
@@ -304,32 +309,43 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     first = is_image.index(True) + 1
     cells = torch.full((labels.shape[0], grid * grid), -100, dtype=torch.long)
     where = torch.zeros(tuple(labels.shape) + (grid * grid,), dtype=torch.bool)
+    k = max(len(b) for b in per_example)
+    pooled = torch.zeros((labels.shape[0], k, grid * grid), dtype=torch.bool)
+    box_labels = torch.full((labels.shape[0], k), -100, dtype=torch.long)
     for i, boxes in enumerate(per_example):
         if not boxes:
             continue
         cells[i] = text_config.eos_token_id
-        for word, box, span in sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1])):
+        for j, (word, box, span) in enumerate(sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1]))):
             m = box_cells(box, grid)
-            cells[i][m] = heads[word] if heads else word
+            cells[i][m] = box_labels[i, j] = heads[word] if heads else word
+            pooled[i, j] = m
             where[i, span] = m
             if edges and not asked[i]:  # the last four positions of a target's span are its location tokens
                 for pos, e in zip(span[-4:], edge_cells(m, grid)):
                     where[i, pos] = e
-    return {"cells": cells, "where": where, "first": first, "grid": grid}
+    return {"cells": cells, "where": where, "boxes": pooled, "box_labels": box_labels, "first": first, "grid": grid}
 
 
 def region_losses(model, out, targets: dict, cfg: Config):
-    """(cell term, attention term) of the region supervision (``Config.region_cells`` / ``region_attention``);
-    both are per-example means like ``example_loss``, so Horovod ranks average to the one-process value."""
+    """(cell term, attention term, pooled term) of the region supervision (``Config.region_cells`` /
+    ``region_attention`` / ``region_pool``); each is a per-example mean like ``example_loss``, so Horovod
+    ranks average to the one-process value."""
     import torch
     import torch.nn.functional as F
 
     zero = out.logits.new_zeros(())
     first, n = targets["first"], targets["grid"] ** 2
     cells, where = targets["cells"], targets["where"]
-    cell_term = zero
+    cell_term = pool_term = zero
+    enc = out.encoder_last_hidden_state[:, first:first + n]
+    if cfg.region_pool > 0:
+        boxes = targets["boxes"].float()
+        mean = boxes @ enc.float() / boxes.sum(-1, keepdim=True).clamp(min=1)
+        ce = F.cross_entropy(model.lm_head(mean.to(enc.dtype)).float().transpose(1, 2), targets["box_labels"],
+                             ignore_index=-100, reduction="none")
+        pool_term = _per_example_mean(ce, targets["box_labels"] != -100)
     if cfg.region_cells > 0:
-        enc = out.encoder_last_hidden_state[:, first:first + n]
         ce = F.cross_entropy(model.lm_head(enc).float().transpose(1, 2), cells, ignore_index=-100, reduction="none")
         if cfg.region_cells_balanced:
             bg = cells == model.config.text_config.eos_token_id
@@ -344,7 +360,7 @@ def region_losses(model, out, targets: dict, cfg: Config):
         # mean over layers and heads of the attention paid to each grid token
         att = torch.stack([c[..., first:first + n] for c in out.cross_attentions]).float().mean((0, 2))
         attn_term = _per_example_mean(-torch.log((att * where.float()).sum(-1) + 1e-6), where.any(-1))
-    return cell_term, attn_term
+    return cell_term, attn_term, pool_term
 
 
 def make_optimizer(model, cfg: Config, device: str):
@@ -362,6 +378,10 @@ def _is_vision(name: str) -> bool:
     return ".vision_tower." in f".{name}" or ".multi_modal_projector." in f".{name}"
 
 
+def _uses_regions(cfg: Config) -> bool:
+    return cfg.region_cells > 0 or cfg.region_attention > 0 or cfg.region_pool > 0
+
+
 def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | None = None, heads=None):
     """The training objective of one (micro-)batch: (total, task cross-entropy).  ``regions`` is
     ``region_targets`` of the batch; without it they are built here from ``inputs`` (and ``heads``)."""
@@ -369,7 +389,7 @@ def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | 
     hook = None
     if cfg.image_variance > 0:
         hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
-    use_regions = loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0)
+    use_regions = loc_range is not None and _uses_regions(cfg)
     if use_regions and regions is None:
         regions = region_targets(inputs["input_ids"].cpu(), inputs["labels"].cpu(), loc_range,
                                  model.config.text_config, model.config.image_token_id, cfg.region_edges, heads,
@@ -384,8 +404,8 @@ def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | 
     ce = example_loss(out.logits, labels, loc_range, cfg.loc_sigma)
     total = ce + cfg.image_variance * image_variance_loss(captured[0], cfg.image_variance_floor) if captured else ce
     if use_regions and regions:
-        cell_term, attn_term = region_losses(model, out, regions, cfg)
-        total = total + cfg.region_cells * cell_term + cfg.region_attention * attn_term
+        cell_term, attn_term, pool_term = region_losses(model, out, regions, cfg)
+        total = total + cfg.region_cells * cell_term + cfg.region_attention * attn_term + cfg.region_pool * pool_term
     return total, ce
 
 
@@ -402,7 +422,7 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     multiple = cfg.pad_multiple or (8 if cfg.compile else 1)
     inputs = proc.batch([], prompts, targets, pad_multiple=multiple) | {"pixel_values": torch.as_tensor(pixels)}
     regions = None
-    if loc_range is not None and (cfg.region_cells > 0 or cfg.region_attention > 0):
+    if loc_range is not None and _uses_regions(cfg):
         regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,
                                  model_config.image_token_id, cfg.region_edges, head_tokens(proc.tokenizer),
                                  cfg.region_prompts)

@@ -104,6 +104,48 @@ def test_a_shape_names_its_cells_alike_in_od_and_grounding():
     assert (named == tok.convert_tokens_to_ids("circle")).all()
 
 
+def test_region_pool_names_each_box_by_its_label_and_scores_the_mean_of_its_cells():
+    """``region_pool``: every box a target names, as its cells and its label's head token, padded with -100;
+    the term is the cross-entropy of the box's mean encoder output through the tied output layer."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    from florence2.locations import box_tokens
+    from florence2.tokenization import head_tokens
+
+    tok = tokenizer()
+    model, proc = modeling.create("tiny", tok)
+    big, small = box_tokens([10, 20, 60, 90], (100, 100)), box_tokens([70, 70, 80, 80], (100, 100))
+    batch = proc.batch([], ["<OD>", "<OD>", "<CAPTION>"], ["star" + small + "circle" + big, "a red square" + big, "a star"])
+    got = recipe.region_targets(batch["input_ids"], batch["labels"], modeling.loc_token_range(tok),
+                                model.config.text_config, model.config.image_token_id, True, head_tokens(tok))
+    ids = tok.convert_tokens_to_ids
+    # larger boxes first, as for the cells
+    assert got["box_labels"].tolist() == [[ids("circle"), ids("star")], [ids("square"), -100], [-100, -100]]
+    assert torch.equal(got["boxes"][0, 0], recipe.box_cells((100, 200, 600, 900), 8))
+    assert torch.equal(got["boxes"][0, 1], recipe.box_cells((700, 700, 800, 800), 8))
+    assert not got["boxes"][0, 0].logical_and(got["boxes"][0, 1]).any() and not got["boxes"][2].any()
+    inputs = batch | {"pixel_values": torch.rand(3, 3, 128, 128)}
+    cfg = recipe.Config(region_pool=1.0, region_attention=0.0)
+    with torch.no_grad():
+        out = model(**inputs)
+        _, _, pool = recipe.region_losses(model, out, got, cfg)
+        enc = out.encoder_last_hidden_state[:, got["first"]:got["first"] + 64]
+        ce = [F.cross_entropy(model.lm_head(enc[i][got["boxes"][i, j]].mean(0)), got["box_labels"][i, j])
+              for i, j in ((0, 0), (0, 1), (1, 0))]
+    # per-example means, averaged over all three examples (the caption counts 0)
+    assert float(pool) > 0 and abs(float(pool) - float((ce[0] + ce[1]) / 2 + ce[2]) / 3) < 1e-4
+    total, _ = recipe.step_loss(model, inputs, cfg, modeling.loc_token_range(tok), got)
+    plain, _ = recipe.step_loss(model, inputs, recipe.Config(region_attention=0.0), modeling.loc_token_range(tok), got)
+    assert abs(float(total) - float(plain) - float(pool)) < 1e-3
+
+
 def test_a_text_answer_about_the_prompts_region_is_supervised_on_that_region():
     """<REGION_TO_CATEGORY>'s box is in the prompt and its answer is the label: the box's cells are named
     by the answer and every answer position looks at them, as for a box a target names; a region prompt
