@@ -8,6 +8,11 @@ image decodes exactly ``--new-tokens`` tokens, so every path does equal work):
 - ``fast``: the predictor's default: its own greedy loop over the KV cache with no per-token
   host sync, images decoded by threads and resized/normalised as tensors on the device.
 
+``--regions K`` measures instead what the model specialist's relabelling asks: ``<REGION_TO_CATEGORY>``
+for K regions of every image (the scene's objects, then boxes from a grid), requests of one image
+together, with the image decoded and encoded once per batch (``share_images``, the default) against
+once per request (``share_images=False``, the path before it).
+
 Texts are compared with the loop's (greedy, so they must be equal in fp32; in bf16 the
 count that differs is reported: batched matrix products round differently from
 single-row ones, and a near-tie between two tokens can flip), and scores too.
@@ -60,7 +65,39 @@ def compare(a, b) -> dict:
     return {"texts_equal": f"{same}/{len(a)}", "max_score_diff_where_equal": float(f"{diff:.3g}")}
 
 
+def bench_regions(model, proc, images, scenes, args, device) -> dict:
+    kw = dict(device=device, max_new_tokens=args.new_tokens, batch_size=args.batch_size)
+    reqs = [Request(img, "<REGION_TO_CATEGORY>", region=box) for img, (s, _) in zip(images, scenes)
+            for box in region_boxes(s, args.regions)]
+    shared, alone = Predictor(model, proc, **kw), Predictor(model, proc, share_images=False, **kw)
+    times = {}
+    for p in (shared, alone):
+        p.predict(reqs[:2])  # warm-up
+    for rep in range(args.repeat):  # alternated, so drift on a shared machine hits both
+        for name, p in (("shared", shared), ("per_request", alone)):
+            out, t = timed(lambda: p.predict(reqs), device)
+            times.setdefault(name, []).append(t)
+            if name == "shared":
+                first = out
+            else:
+                check = compare(first, out)
+    best = {k: min(v) for k, v in times.items()}
+    return {"task": "<REGION_TO_CATEGORY>", "regions_per_image": args.regions, "requests": len(reqs),
+            "batch_size": args.batch_size, "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
+            "requests_per_s": {k: round(len(reqs) / t, 2) for k, t in best.items()},
+            "speedup_shared": round(best["per_request"] / best["shared"], 2), "shared_vs_per_request": check}
+
+
+def region_boxes(scene, k: int) -> list[tuple]:
+    """k regions of a scene in pixels: its objects' boxes, then cells of a 3x3 grid."""
+    w, h = scene.width, scene.height
+    grid = [(x * w // 3, y * h // 3, (x + 1) * w // 3, (y + 1) * h // 3) for y in range(3) for x in range(3)]
+    return ([tuple(o.bbox) for o in scene.objects] + grid)[:k]
+
+
 def bench(model, proc, images, args, device):
+    if args.regions:
+        return bench_regions(model, proc, images, args.scenes, args, device)
     n_loop = min(args.loop_images, len(images))
     reqs = [Request(img, args.task) for img in images]
     kw = dict(device=device, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
@@ -124,6 +161,9 @@ def main():
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="inference dtype on cuda")
     p.add_argument("--profile", default=None, help="also profile one fast batch; the operator table goes here")
+    p.add_argument("--regions", type=int, default=0, help="relabelling: K region requests per image, shared vs "
+                                                          "per-request image encoding")
+    p.add_argument("--repeat", type=int, default=2, help="alternations of the two --regions arms")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     args.old_images = args.old_images or args.images
@@ -132,6 +172,7 @@ def main():
     scenes = list(generate(max(args.images, 32), seed=3))
     # encoded bytes, as the model specialist and the served model receive them
     images = [encode(img, "PNG") for _, img in scenes][: args.images]
+    args.scenes = scenes
     tok = build_tokenizer([c for s, _ in scenes for c in s.captions.values()], vocab_size=2000)
     if args.device == "cuda" and args.dtype == "fp32":  # true fp32, for the equality check
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -148,9 +189,13 @@ def main():
         del model
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    out = Path(args.out or Path(__file__).parent / "results" / f"predictor_{args.device}.json")
+    out = Path(args.out or Path(__file__).parent / "results" /
+               f"predictor_{args.device}{'_regions' if args.regions else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.regions:
+        print("wrote", out)
+        return
     print("| size | fast img/s | batched generate img/s | loop img/s | fast/loop | fast/generate | texts equal (fast vs loop) |")
     print("|---|---|---|---|---|---|---|")
     for size, e in result["configs"].items():

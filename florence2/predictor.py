@@ -11,8 +11,10 @@ decoder's KV cache, tokens and log-probabilities stay on the device, and the
 host looks at them only every ``check_every`` steps, instead of ``generate``'s
 per-token logits processors, stopping criteria and host syncs.  It applies the
 same two rules ``generate`` applies here (``min_new_tokens``, and the forced
-``</s>`` at ``max_new_tokens``), so its texts equal ``generate``'s.  Beam search
-goes through ``generate``, which already encodes each image once for all beams.
+``</s>`` at ``max_new_tokens``), so its texts equal ``generate``'s.  Requests of
+one batch that share an image (a model specialist asking about each of its
+regions, or several tasks) share its decoding, resizing and vision tower.  Beam
+search goes through ``generate``, which already encodes each image once for all beams.
 On a GPU, images are decoded by CPU threads and resized/normalised on the device
 (``preprocess="tensor"``); the CPU default stays PIL's.
 """
@@ -50,7 +52,8 @@ class Predictor:
     def __init__(self, model, processor: Processor, device: str | None = None, num_beams: int = 1,
                  max_new_tokens: int = 256, batch_size: int = 8, min_new_tokens: int = 0, fast: bool = True,
                  preprocess: str = "auto", decode_threads: int = 4, check_every: int | None = None,
-                 formats: tuple[str, ...] | None = None, max_image_pixels: int | None = None):
+                 formats: tuple[str, ...] | None = None, max_image_pixels: int | None = None,
+                 share_images: bool = True):
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,6 +63,7 @@ class Predictor:
         self.min_new_tokens = min_new_tokens  # benchmarks force equal work per image
         # how often the loop asks the device whether every row has finished: each ask is a host sync on a GPU
         self.fast, self.decode_threads = fast, decode_threads
+        self.share_images = share_images  # False: each request decodes and encodes its image (benchmarks)
         self.check_every = check_every or (8 if self.device.startswith("cuda") else 1)
         if preprocess not in ("auto", "pil", "tensor"):
             raise ValueError(f"preprocess must be auto, pil or tensor, not {preprocess!r}")
@@ -104,19 +108,21 @@ class Predictor:
             sizes.append(size)
         return [r.image for r in requests], prompts, sizes
 
-    def decode(self, images, first: int = 0) -> list:
+    def decode(self, images, numbers=None) -> list:
         """Images as given -> PIL images, in threads (decoding releases the GIL: threads keep up with a
-        GPU); ``first`` is the index of ``images[0]`` in the request, for the error message."""
+        GPU); ``numbers``: each image's request number, for the error message (default 0, 1, ...)."""
+        numbers = range(len(images)) if numbers is None else numbers
+
         def one(k_im):
             try:
                 return to_pil(k_im[1])
             except ImageInputError as e:
-                raise PredictionInputError(f"request {first + k_im[0]}: {e}") from None
+                raise PredictionInputError(f"request {k_im[0]}: {e}") from None
 
         if self.decode_threads > 1 and len(images) > 1:
             with ThreadPoolExecutor(min(self.decode_threads, len(images))) as pool:
-                return list(pool.map(one, enumerate(images)))
-        return [one(x) for x in enumerate(images)]
+                return list(pool.map(one, zip(numbers, images)))
+        return [one(x) for x in zip(numbers, images)]
 
     def predict(self, requests: list[Request], deadline_s: float | None = None, prepared=None) -> list[dict]:
         """Answers in request order.  Images are decoded one batch at a time; with ``deadline_s``,
@@ -131,7 +137,9 @@ class Predictor:
         for s in range(0, len(requests), self.batch_size):
             sl = slice(s, s + self.batch_size)
             _check_deadline(deadline, f"after {s} of {len(requests)} requests")
-            out += self._run(requests[sl], self.decode(images[sl], s), prompts[sl], sizes[sl], deadline)
+            first, index = _shared(images[sl]) if self.share_images else (range(len(images[sl])), None)
+            decoded = self.decode([images[s + k] for k in first], [s + k for k in first])
+            out += self._run(requests[sl], decoded, prompts[sl], sizes[sl], deadline, index)
         return out
 
     def pixels(self, images):
@@ -143,17 +151,23 @@ class Predictor:
             return self.processor.preprocess_tensor(images, self.device).to(dtype)
         return torch.from_numpy(self.processor.preprocess(images)).to(self.device, dtype)
 
-    def generate(self, images, prompts, deadline: float | None = None):
-        """Token ids (without the decoder start token) and per-token log-probabilities, as numpy arrays."""
+    def generate(self, images, prompts, deadline: float | None = None, index=None):
+        """Token ids (without the decoder start token) and per-token log-probabilities, as numpy arrays.
+        ``index``: the image of each prompt, by position in ``images`` (default: one image per prompt)."""
         import torch
 
         enc = self.processor.encode_prompts(prompts)
         pixels = self.pixels(images)
         ids = torch.from_numpy(enc["input_ids"]).to(self.device)
         mask = torch.from_numpy(enc["attention_mask"]).to(self.device)
+        if index is not None and list(index) == list(range(len(images))):
+            index = None
+        index = None if index is None else torch.as_tensor(index, device=self.device)
         if self.fast and self.num_beams == 1:
-            tokens, lp = self._greedy(pixels, ids, mask, deadline)
+            tokens, lp = self._greedy(pixels, ids, mask, deadline, index)
             return tokens.cpu().numpy(), lp.cpu().numpy()
+        if index is not None:
+            pixels = pixels[index]
         with torch.inference_mode():
             g = self.model.generate(
                 pixel_values=pixels, input_ids=ids, attention_mask=mask,
@@ -166,8 +180,9 @@ class Predictor:
                 g.sequences, g.scores, getattr(g, "beam_indices", None), normalize_logits=self.num_beams == 1)
         return g.sequences[:, 1:].cpu().numpy(), lp.float().cpu().numpy()
 
-    def _greedy(self, pixels, ids, mask, deadline: float | None = None):
-        """(tokens, log-probabilities), both (B, steps) on the device; finished rows are padded."""
+    def _greedy(self, pixels, ids, mask, deadline: float | None = None, index=None):
+        """(tokens, log-probabilities), both (B, steps) on the device; finished rows are padded.
+        ``index`` (a tensor): the row of ``pixels`` each prompt reads, when prompts share images."""
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 
@@ -179,7 +194,14 @@ class Predictor:
         with torch.inference_mode():
             dec = torch.full((b, 1), gc.decoder_start_token_id, dtype=torch.long, device=ids.device)
             with torch.profiler.record_function("florence2.encode"):  # a label for profiles; free otherwise
-                out = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=True)
+                if index is None:
+                    inputs = {"pixel_values": pixels, "input_ids": ids}
+                else:  # each image through the vision tower once, its features placed at every prompt using it
+                    feats = model.get_image_features(pixels).pooler_output[index]
+                    embeds = model.get_input_embeddings()(ids)
+                    where = (ids == model.config.image_token_id)[..., None]
+                    inputs = {"inputs_embeds": embeds.masked_scatter(where, feats.to(embeds.dtype))}
+                out = model(**inputs, attention_mask=mask, decoder_input_ids=dec, use_cache=True)
             encoded = BaseModelOutput(last_hidden_state=out.encoder_last_hidden_state)
             done = torch.zeros(b, dtype=torch.bool, device=ids.device)
             for t in range(self.max_new_tokens):
@@ -203,8 +225,8 @@ class Predictor:
                             **{cache_arg: _cache_of(out)}, use_cache=True)
         return torch.stack(tokens, 1), torch.stack(lps, 1)
 
-    def _run(self, requests, images, prompts, sizes, deadline: float | None = None) -> list[dict]:
-        seqs, logprobs = self.generate(images, prompts, deadline)
+    def _run(self, requests, images, prompts, sizes, deadline: float | None = None, index=None) -> list[dict]:
+        seqs, logprobs = self.generate(images, prompts, deadline, index)
         tok = self.processor.tokenizer
         results = []
         for r, ids, lps, size in zip(requests, seqs, logprobs, sizes):
@@ -235,6 +257,19 @@ class Predictor:
                             # the whole answer's confidence: geometric mean of its tokens' probabilities
                             "score": float(math.exp(sum(all_lp) / len(all_lp))) if all_lp else 0.0})
         return results
+
+
+def _shared(images) -> tuple[list[int], list[int]]:
+    """(position of each distinct image's first request, each request's distinct image): equal encoded
+    bytes are one image, as is one object (a PIL image, an array) passed twice."""
+    seen, first, index = {}, [], []
+    for k, im in enumerate(images):
+        key = bytes(im) if isinstance(im, (bytes, bytearray, memoryview)) else id(im)
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(k)
+        index.append(seen[key])
+    return first, index
 
 
 def _check_deadline(deadline: float | None, where: str) -> None:

@@ -57,6 +57,31 @@ def test_batched_equals_one_by_one(trained):
             assert b["answer"] == s["answer"]
 
 
+def test_requests_sharing_an_image_share_its_vision_pass(trained):
+    """A model specialist asks about every region of an image, and a caller may ask several tasks: the
+    batch decodes and encodes each distinct image once (equal bytes, or one object passed twice), and
+    the answers equal the one-by-one loop's."""
+    model, proc, data = trained
+    scene, img = next(iter(generate(1, seed=7)))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    content = buf.getvalue()
+    reqs = [Request(bytes(bytearray(content)), "<REGION_TO_CATEGORY>", region=tuple(o.bbox)) for o in scene.objects]
+    reqs += [Request(data[0][0], "<OD>"), Request(content, "<CAPTION>"), Request(data[0][0], "<CAPTION>")]
+    seen = []
+    hook = model.model.vision_tower.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        pred = Predictor(model, proc, max_new_tokens=60, batch_size=len(reqs))
+        batched = pred.predict(reqs)
+        assert seen == [2]  # the scene's bytes (several copies) and data[0]'s image
+        single = one_by_one(pred, reqs)
+    finally:
+        hook.remove()
+    assert len(scene.objects) >= 2 and len(seen) == 1 + len(reqs)
+    assert [b["text"] for b in batched] == [s["text"] for s in single]
+    assert all(abs(b["score"] - s["score"]) < 1e-4 for b, s in zip(batched, single))
+
+
 def _every_task_requests(data):
     """One request per task (all 15), on the learned images first, so that some answers are long."""
     from florence2.tasks import TASKS
