@@ -175,6 +175,11 @@ def test_relabelling_specialist_names_each_region_it_is_given_and_keeps_its_geom
             [(x["answer"].strip(), r["bbox"], r["polygons"], renamed(r, x["answer"].strip())) for r, x in expect]
         assert np.allclose([a["confidence"] for a in anns], [x["score"] for _, x in expect], atol=1e-4)
     assert got[1] == [] and sum(map(len, got)) > 0
+    # one copy of the weights per worker: the whole-image specialist on the same model shares them
+    from lakehouse.specialists.florence import Florence2Specialist
+
+    other = Florence2Specialist(str(tmp_path / "m"), max_new_tokens=120, batch_size=8, device="cpu").model()
+    assert other.model is sp.model().model and other.max_new_tokens == 120 and sp.model().max_new_tokens == 16
     assert renamed({"text": "circle", "description": "small red circle"}, "square") == "small red square"
     assert renamed({"text": "circle", "description": None}, "square") == "square"
 

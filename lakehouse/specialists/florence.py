@@ -13,7 +13,7 @@ from pathlib import Path
 
 from florence2.geometry import bounding_box
 from florence2.vocabulary import CAPTION_TASKS
-from lakehouse.specialists.base import Specialist
+from lakehouse.specialists.base import _LOADED, Specialist
 
 TASK_KINDS = {task: kind for kind, task in CAPTION_TASKS.items()} | {"<OD>": "region", "<OCR_WITH_REGION>": "word"}
 
@@ -51,10 +51,15 @@ class Florence2Specialist(Specialist):
             self.name = name
 
     def load(self):
+        from florence2 import modeling
         from florence2.predictor import Predictor
 
-        return Predictor.from_pretrained(resolve_model_dir(self.model_uri), max_new_tokens=self.max_new_tokens,
-                                         device=self.device, batch_size=self.batch_size)
+        # one copy of the weights per worker, however many of these specialists (tasks, relabelling) use them
+        key = f"florence2 weights:{self.model_uri}:{self.device}"
+        if key not in _LOADED:
+            _LOADED[key] = modeling.load(resolve_model_dir(self.model_uri))
+        model, proc = _LOADED[key]
+        return Predictor(model, proc, max_new_tokens=self.max_new_tokens, device=self.device, batch_size=self.batch_size)
 
     def annotate(self, image, image_id):
         return self.annotate_batch([image], [image_id])[0]
