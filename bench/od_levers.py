@@ -84,8 +84,8 @@ def teacher_forced(model, proc, val, cfg) -> dict:
     obj = (cells != -100) & (cells != tok.eos_token_id)
     enc = out.encoder_last_hidden_state[:, first:first + n]
     cell_pred = model.lm_head(enc).argmax(-1)
-    boxes, box_labels = reg["boxes"].float(), reg["box_labels"]
-    pool_pred = model.lm_head(boxes @ enc / boxes.sum(-1, keepdim=True).clamp(min=1)).argmax(-1)
+    box_labels = reg["box_labels"]
+    pool_pred = model.lm_head(recipe.box_means(enc, reg["boxes"])).argmax(-1)
     real = box_labels != -100
     return {"cell_term": float(cell), "attention_term": float(att), "pool_term": float(pool),
             "encoder_box_mean_accuracy": float((pool_pred[real] == box_labels[real]).float().mean()),

@@ -160,9 +160,8 @@ class Predictor:
         pixels = self.pixels(images)
         ids = torch.from_numpy(enc["input_ids"]).to(self.device)
         mask = torch.from_numpy(enc["attention_mask"]).to(self.device)
-        if index is not None and list(index) == list(range(len(images))):
-            index = None
-        index = None if index is None else torch.as_tensor(index, device=self.device)
+        # every prompt with its own image: the plain path
+        index = None if index is None or len(images) == len(prompts) else torch.as_tensor(index, device=self.device)
         if self.fast and self.num_beams == 1:
             tokens, lp = self._greedy(pixels, ids, mask, deadline, index)
             return tokens.cpu().numpy(), lp.cpu().numpy()

@@ -327,6 +327,12 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     return {"cells": cells, "where": where, "boxes": pooled, "box_labels": box_labels, "first": first, "grid": grid}
 
 
+def box_means(enc, boxes):
+    """(B, K, D): each box's mean over its image tokens (``enc`` (B, G*G, D), ``boxes`` (B, K, G*G) masks)."""
+    m = boxes.float()
+    return (m @ enc.float() / m.sum(-1, keepdim=True).clamp(min=1)).to(enc.dtype)
+
+
 def region_losses(model, out, targets: dict, cfg: Config):
     """(cell term, attention term, pooled term) of the region supervision (``Config.region_cells`` /
     ``region_attention`` / ``region_pool``); each is a per-example mean like ``example_loss``, so Horovod
@@ -340,9 +346,8 @@ def region_losses(model, out, targets: dict, cfg: Config):
     cell_term = pool_term = zero
     enc = out.encoder_last_hidden_state[:, first:first + n]
     if cfg.region_pool > 0:
-        boxes = targets["boxes"].float()
-        mean = boxes @ enc.float() / boxes.sum(-1, keepdim=True).clamp(min=1)
-        ce = F.cross_entropy(model.lm_head(mean.to(enc.dtype)).float().transpose(1, 2), targets["box_labels"],
+        mean = box_means(enc, targets["boxes"])
+        ce = F.cross_entropy(model.lm_head(mean).float().transpose(1, 2), targets["box_labels"],
                              ignore_index=-100, reduction="none")
         pool_term = _per_example_mean(ce, targets["box_labels"] != -100)
     if cfg.region_cells > 0:
