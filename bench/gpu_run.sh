@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of issues 11 and 9, as one script for a lent GPU box (no network, no Java,
 # no Spark), one call each: `bash bench/gpu_run.sh throughput` (~6 min), `compiled` (~7 min: the
-# compiled training step), `learning` (~6 min), `profile` (~2 min: where base inference spends its time).
+# compiled training step), `learning` (~6 min), `learning3` (~9.5 min: three reports side by side), `profile` (~2 min: where base inference spends its time).
 # Results go to $OUT (or bench/results/gpu).  Carry the transformers wheel the lock pins in .whl/
 # where the box's own transformers differs (see the closing note of issue 11).
 set -u
@@ -37,6 +37,34 @@ profile)
 learning)
   timeout 420 python3 bench/learning_report.py --direct --size small --images 4000 --minutes 4.5 --batch 64 \
     --out "$OUT/learning_report_direct_small_cuda" 2>&1 | grep -v -i "warn\|shards\|Loading weights" | tail -30
+  ;;
+learning3)
+  # three learning reports side by side on the one GPU (each process is launch-bound: the GPU has room), then the
+  # shared-image relabelling bench and base <OD> throughput if time is left; ~9.5 min in all
+  export OMP_NUM_THREADS=4
+  t0=$(date +%s)
+  lr() {  # name, then learning_report arguments
+    local name=$1; shift
+    timeout 500 python3 bench/learning_report.py --direct --images ${LR_IMAGES:-8000} --minutes ${LR_MINUTES:-5.5} --batch 64 --lr 0.002 "$@" \
+      --out "$OUT/$name" 2>&1 | grep -v -i "warn\|shards\|Loading weights" | sed "s/^/[$name] /" >> "$OUT/run.log"
+  }
+  lr learning_small_mix --size small --set warmup_steps=150 &
+  lr learning_small_od6 --size small --set warmup_steps=150 --weight '<OD>=6' &
+  lr learning_tiny_mix --size tiny --set warmup_steps=150 &
+  wait
+  grep "done:\|cannot score\|Error\|error" "$OUT/run.log" | tail -20
+  left=$(( 575 - ($(date +%s) - t0) ))
+  if [ $left -gt 40 ]; then
+    timeout $(( left > 100 ? 100 : left - 5 )) python3 bench/predictor_throughput.py --device cuda --sizes base \
+      --regions 5 --images 64 --batch-size 32 --new-tokens 4 --out "$OUT/predictor_cuda_base_regions.json" 2>&1 \
+      | grep -v -i warn | tail -4 | tee -a "$OUT/predict.log"
+  fi
+  left=$(( 575 - ($(date +%s) - t0) ))
+  if [ $left -gt 70 ]; then
+    timeout $(( left - 5 )) python3 bench/predictor_throughput.py --device cuda --sizes base --images 256 --batch-size 128 \
+      --old-images 32 --old-batch-size 32 --loop-images 8 --out "$OUT/predictor_cuda_base_bf16.json" 2>&1 \
+      | grep -v -i warn | tail -4 | tee -a "$OUT/predict.log"
+  fi
   ;;
 esac
 ls -la "$OUT"

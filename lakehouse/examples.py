@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from florence2.targets import ImageAnnotations, Phrase, Region, Word, build_examples
 from lakehouse.images import read_stored
+from lakehouse.layout import image_row
 from lakehouse.spark import json_columns, parse_json_columns
 from lakehouse.tables import EXAMPLE, TABLES, TableRoot, current_version, read
 
@@ -48,14 +49,6 @@ def _keep(example_key: str, weight: float) -> int:
     whole, frac = int(weight), weight - int(weight)
     u = int(hashlib.sha256(example_key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return whole + (1 if u < frac else 0)
-
-
-def image_row(image_id: str, examples: list[dict], content, width: int, height: int, round_: int | None = None,
-              split: str | None = None) -> dict:
-    """One ``training_examples`` row: the image once, its examples (``EXAMPLE`` fields) as a JSON list."""
-    return {"image_id": image_id, "round": round_, "split": split,
-            "examples": json.dumps([{k: e[k] for k in EXAMPLE.fieldNames()} for e in examples]),
-            "n_examples": len(examples), "content": content, "width": int(width), "height": int(height)}
 
 
 DEEP_COLUMNS = ["regions", "grounding"]  # see lakehouse.spark.json_columns

@@ -481,7 +481,7 @@ def write_recipe_data(rows: list[dict], out_dir, vocab_size: int = 1000) -> dict
     import pyarrow.parquet as pq
 
     from florence2.tokenization import build_tokenizer
-    from lakehouse.examples import image_row
+    from lakehouse.layout import image_row
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import re
 from pyspark.sql import types as T
 
 from florence2.vocabulary import ANNOTATION_KINDS, IMAGE_FORMATS
+from lakehouse.layout import EXAMPLE_FIELDS
 
 # Why an input was quarantined instead of landing in bronze.
 QUARANTINE_REASONS = (
@@ -56,6 +57,8 @@ EXAMPLE = T.StructType([
     T.StructField("prompt", T.StringType(), False),
     T.StructField("target", T.StringType(), False),
 ])
+if tuple(EXAMPLE.fieldNames()) != EXAMPLE_FIELDS:  # the Spark-free writer builds rows from the names
+    raise RuntimeError(f"EXAMPLE {EXAMPLE.fieldNames()} != lakehouse.layout.EXAMPLE_FIELDS {EXAMPLE_FIELDS}")
 
 # What every source adapter emits: one row per input image reference.
 MANIFEST = T.StructType([

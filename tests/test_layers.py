@@ -62,3 +62,21 @@ def test_a_second_clone_runs_its_own_code_on_spark_workers(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     where = json.loads(r.stdout.strip().splitlines()[-1])
     assert where == {"driver": str(clone), "worker": str(clone)}, where
+
+
+def test_the_gpu_box_path_needs_no_spark(tmp_path):
+    """``bench/learning_report.py --direct`` runs where there is no Java or Spark (a lent GPU box): building
+    its recipe data from the synthetic truth must not import pyspark, mlflow or the quality tools."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\nBLOCK = {'pyspark', 'py4j', 'mlflow', 'great_expectations', 'spacy', 'delta', 'petastorm', "
+        "'horovod'}\nclass B:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCK:\n            raise ImportError('not on a GPU box: ' + name)\n"
+        "sys.meta_path.insert(0, B())\n")
+    code = ("from lakehouse.synthetic import synthetic_rows, write_recipe_data\n"
+            "from florence2 import recipe\n"
+            f"d = write_recipe_data(synthetic_rows(3, 5, ['<OD>', '<CAPTION>']), {str(tmp_path / 'data')!r}, 300)\n"
+            "print(d['rows'])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "", "HOME": str(tmp_path)})
+    assert r.returncode == 0 and int(r.stdout.split()[-1]) > 0, r.stderr[-2000:]
