@@ -51,6 +51,9 @@ def main():
     p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
                    help="curriculum (--direct): train on these tasks' examples alone for MINUTES, then on the whole "
                         "mixture from that model for the rest of --minutes (same tokenizer, fresh optimizer)")
+    p.add_argument("--one-schedule", action="store_true",
+                   help="with --first: one warm-up and one decay over all of --minutes; the mixture phase resumes "
+                        "the first phase's checkpoint (its optimizer, step and clock) instead of starting afresh")
     args = p.parse_args()
     if args.first:
         tasks, _, mins = args.first.partition("=")
@@ -61,6 +64,8 @@ def main():
         if not args.first[0] or set(args.first[0]) - set(MIXTURE) or not 0 < args.first[1] < args.minutes:
             raise SystemExit(f"--first {tasks}={mins}: expected TASK[,TASK]=MINUTES, tasks from the mixture, "
                              f"0 < MINUTES < --minutes ({args.minutes:g})")
+    if args.one_schedule and not args.first:
+        raise SystemExit("--one-schedule needs --first: it joins the curriculum's two phases into one schedule")
     for w in args.weight:
         task, _, n = w.partition("=")
         if task not in MIXTURE or not n.isdigit():
@@ -116,17 +121,23 @@ def direct(args):
         first_tasks, first_min = args.first
         sub = [r for r in rows if r["task"] in first_tasks]
         first = write_recipe_data(sub, work / "data_first") | {"tokenizer": data["tokenizer"]}
-        cfg1 = recipe.load_config(None, overrides + [f"max_minutes={first_min}", f"output_dir={work / 'run_first'}"])
+        # one schedule: phase 1 stops early in the same run directory and phase 2 resumes it
+        phase1 = ([f"stop_minutes={first_min}"] if args.one_schedule else
+                  [f"max_minutes={first_min}", f"output_dir={work / 'run_first'}"])
+        cfg1 = recipe.load_config(None, overrides + phase1)
         print(f"[learning] phase 1: {len(sub)} examples of {','.join(first_tasks)} for {first_min:g} min", flush=True)
         phases.append({"tasks": first_tasks, "minutes": first_min, "training": recipe.train(cfg1, first)})
-        overrides += [f"max_minutes={args.minutes - first_min}", f"init_from={work / 'run_first' / 'model'}"]
+        if not args.one_schedule:
+            overrides += [f"max_minutes={args.minutes - first_min}", f"init_from={work / 'run_first' / 'model'}"]
     cfg = recipe.load_config(None, overrides)
     print(f"[learning] {len(rows)} training examples from {args.images} scenes, {device}, {overrides}", flush=True)
     tr = recipe.train(cfg, data)
     if phases:
-        tr = tr | {"phases": phases + [{"tasks": tasks, "minutes": cfg.max_minutes, "training": dict(tr)}],
-                   "steps": tr["steps"] + phases[0]["training"]["steps"],
-                   "seconds": tr["seconds"] + phases[0]["training"]["seconds"]}
+        first_steps = phases[0]["training"]["steps"]
+        own_steps = tr["steps"] - first_steps if args.one_schedule else tr["steps"]  # a resumed run counts on
+        tr = tr | {"phases": phases + [{"tasks": tasks, "minutes": args.minutes - args.first[1],
+                                        "training": dict(tr, steps=own_steps)}],
+                   "steps": own_steps + first_steps, "seconds": tr["seconds"] + phases[0]["training"]["seconds"]}
     model, proc = modeling.load(work / "run" / "model")
     predictor = Predictor(model, proc, device=device, batch_size=64, max_new_tokens=256)
     preds = predictor.predict([_request(r) for r in val])
@@ -140,7 +151,8 @@ def direct(args):
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
     res = {"machine": name, "mode": "direct (synthetic truth, no lakehouse)", "size": args.size, "images": args.images,
            "val_images": args.val_images, "batch": args.batch, "lr": args.lr,
-           "train_minutes_budget": args.minutes, "mixture": MIXTURE, "first": args.first, "config": dataclasses.asdict(cfg), "training": tr,
+           "train_minutes_budget": args.minutes, "mixture": MIXTURE, "first": args.first,
+           "one_schedule": args.one_schedule, "config": dataclasses.asdict(cfg), "training": tr,
            "image_ablation": ablation, "wall_s": round(time.time() - t0, 1),
            "predictions": [{"example_id": r["example_id"]} | o for r, o in zip(val, preds)]}
     out = Path(args.out or Path(__file__).parent / "results" / f"learning_report_direct_{args.size}_{device}")
@@ -212,6 +224,7 @@ def _write_direct(out: Path, res: dict) -> None:
                      f"validation examples per task: {ev['examples']}; training mixture (examples per scene): "
                      f"{ {t: w for t, w in res.get('mixture', MIXTURE).items() if w} }"
                      + (f"; curriculum: {','.join(res['first'][0])} alone for the first {res['first'][1]:g} min"
+                        + (", one schedule over both phases" if res.get("one_schedule") else "")
                         if res.get("first") else ""))
 
 

@@ -38,11 +38,15 @@ class Config:
     schedule: str = "cosine"              # cosine | linear | constant
     max_steps: int = 200
     max_minutes: float | None = None      # stop (all ranks together) after this much training time
+    stop_minutes: float | None = None     # end this run sooner, the schedule still running to max_minutes: the
+                                          # phases of a curriculum resume one schedule (same output_dir)
     epochs: int = 1000                    # upper bound; max_steps usually ends the run
     checkpoint_every: int = 50
     output_dir: str = "fld_home/runs/train"
     seed: int = 0
     source: str = "petastorm"             # petastorm (sharded, decoded in reader workers) | files (fixed order)
+    shuffle: bool = True                  # files: a seeded permutation per epoch, the same on every rank; without
+                                          # it a batch holds the examples of 2-3 images (ids sort by image)
     reader_pool: str = "process"
     reader_workers: int = 2               # Petastorm workers, and the threads decoding batches ahead
     bf16: str = "auto"                    # auto: bf16 autocast on CUDA only
@@ -451,11 +455,11 @@ class EpochEnd:
 
 
 def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
-    """Fixed global order of examples (by ``example_id``): global batch k is examples [k*B*size,
-    (k+1)*B*size); rank r takes its slice.  The files hold one row per image with its examples as a JSON
-    list (``lakehouse.tables.EXAMPLE``).  Yields decoded images, each image decoded once per batch
-    (``prepare_batch`` resizes them, on the GPU when there is one); a thread decodes the next batch while
-    the current one trains."""
+    """Fixed global order of examples (by ``example_id``, then permuted by ``seed`` and ``epoch`` when
+    ``shuffle``): global batch k is examples [k*B*size, (k+1)*B*size); rank r takes its slice.  The files
+    hold one row per image with its examples as a JSON list (``lakehouse.layout.EXAMPLE_FIELDS``).  Yields
+    decoded images, each image decoded once per batch (``prepare_batch`` resizes them, on the GPU when there
+    is one); a thread decodes the next batch while the current one trains."""
     import io
     import json
     from concurrent.futures import ThreadPoolExecutor
@@ -470,6 +474,10 @@ def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
             examples += [(e["example_id"], len(contents), e["prompt"], e["target"]) for e in json.loads(r["examples"])]
             contents.append(r["content"])
     examples.sort()
+    if cfg.shuffle:
+        import random
+
+        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(examples)
     global_b = cfg.batch_size * dist.size
 
     def load(k):
@@ -574,7 +582,8 @@ class Recipe:
         return (self.prior_s + time.time() - self.t0) / 60
 
     def out_of_time(self) -> bool:
-        return self.cfg.max_minutes is not None and self.minutes() > self.cfg.max_minutes
+        limit = min(m for m in (self.cfg.max_minutes, self.cfg.stop_minutes, math.inf) if m is not None)
+        return self.minutes() > limit
 
     def done(self) -> bool:
         return self.step >= self.cfg.max_steps or self.epoch >= self.cfg.epochs or self.out_of_time()

@@ -274,3 +274,50 @@ def test_region_terms_make_detection_look_at_the_image(trained_od):
                                  [r["target"] for r in held_out], recipe.Config().loc_sigma)["gap"]
             for name, (model, proc) in trained_od.items()}
     assert gaps["recipe"] > 0.05 and gaps["recipe"] > 5 * gaps["without region terms"], gaps
+
+
+def test_a_curriculum_phase_stops_early_and_the_next_resumes_its_schedule(tmp_path):
+    """``stop_minutes`` ends a run before its schedule does; the next phase (other tasks, same run directory)
+    resumes its step, clock and optimizer, so the learning rate goes on decaying instead of warming up again."""
+    rows = synthetic_rows(40, 7, ["<OD>", "<CAPTION>"])
+    data = write_recipe_data(rows, tmp_path / "all", vocab_size=600)
+    od = write_recipe_data([r for r in rows if r["task"] == "<OD>"], tmp_path / "od") | {"tokenizer": data["tokenizer"]}
+    common = dict(source="files", batch_size=4, lr=1e-3, warmup_steps=3, max_steps=10**6, max_minutes=0.5,
+                  checkpoint_every=0, log_every=1, output_dir=str(tmp_path / "run"))
+    first, second = [], []
+    r1 = recipe.train(recipe.Config(**common, stop_minutes=0.08), od, log=first.append)
+    assert 0.07 < r1["seconds"] / 60 < 0.3 and r1["steps"] > 3
+    r2 = recipe.train(recipe.Config(**common), data, log=second.append)
+    assert any("resumed from" in line for line in second), second
+    assert r2["steps"] > r1["steps"]  # counted on from phase 1
+    lrs = [float(line.split(" lr ")[1].split()[0]) for line in second if " lr " in line]
+    assert lrs[0] < 1e-3 and lrs == sorted(lrs, reverse=True), lrs  # no second warm-up: it only decays
+
+
+def test_the_files_source_mixes_images_in_a_batch_and_reads_every_example_once(tmp_path):
+    """Example ids sort by image, so the unshuffled order gives a batch the examples of 2-3 images; shuffled,
+    a batch spans many images, each epoch is another permutation, and ranks slice one permutation."""
+    import types
+
+    rows = synthetic_rows(12, 9, ["<OD>", "<CAPTION>", "<DETAILED_CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>"])
+    data = write_recipe_data(rows, tmp_path / "data", vocab_size=600)
+    by_target = {}
+    for r in rows:
+        by_target.setdefault((r["prompt"], r["target"]), set()).add(r["image_id"])
+
+    def epoch(shuffle, n, rank=0, size=1):
+        cfg = recipe.Config(source="files", batch_size=8, shuffle=shuffle)
+        batches = list(recipe._batches_files(data, cfg, types.SimpleNamespace(rank=rank, size=size), n, None))
+        assert isinstance(batches[-1], recipe.EpochEnd)
+        return [list(zip(b[1], b[2])) for b in batches[:-1]]
+
+    def images_per_batch(batches):
+        return [len({i for ex in b for i in by_target[ex]}) for b in batches]
+
+    fixed, one, two = epoch(False, 0), epoch(True, 0), epoch(True, 1)
+    flat = sorted(ex for b in one for ex in b)
+    assert flat == sorted(ex for b in fixed for ex in b) and len(flat) == len(rows) // 8 * 8
+    assert max(images_per_batch(fixed)) <= 3 and min(images_per_batch(one)) >= 4
+    assert one != two and one == epoch(True, 0)
+    halves = [epoch(True, 0, rank, 2) for rank in (0, 1)]  # a global batch of 16: rank r takes its 8
+    assert [a + b for a, b in zip(*halves)] == [x + y for x, y in zip(one[::2], one[1::2])]
