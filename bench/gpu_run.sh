@@ -49,8 +49,8 @@ learning3)
       --out "$OUT/$name" 2>&1 | grep -v -i "warn\|shards\|Loading weights" | sed "s/^/[$name] /" >> "$OUT/run.log"
   }
   lr learning_small_mix --size small --set warmup_steps=150 &
-  lr learning_small_od6 --size small --set warmup_steps=150 --weight '<OD>=6' &
-  lr learning_tiny_mix --size tiny --set warmup_steps=150 &
+  lr learning_small_od_first --size small --set warmup_steps=150 --first '<OD>=3' --one-schedule &
+  lr learning_tiny_od_first --size tiny --set warmup_steps=150 --first '<OD>=3' --one-schedule &
   wait
   grep "done:\|cannot score\|Error\|error" "$OUT/run.log" | tail -20
   left=$(( 575 - ($(date +%s) - t0) ))

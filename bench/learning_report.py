@@ -43,7 +43,7 @@ def main():
     p.add_argument("--batch", type=int, default=16, help="batch size (--direct)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (--direct)")
     p.add_argument("--val-images", type=int, default=150, help="validation scenes (--direct)")
-    p.add_argument("--set", nargs="*", default=[], help="more recipe overrides, key=value (--direct)")
+    p.add_argument("--set", nargs="*", action="extend", default=[], help="more recipe overrides, key=value (--direct)")
     p.add_argument("--score", default=None, help="score the predictions a --direct run saved where the scoring "
                                                  "tools (Java, pycocotools) were missing, e.g. on a GPU box")
     p.add_argument("--weight", nargs="*", default=[], metavar="TASK=N",
