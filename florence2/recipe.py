@@ -44,7 +44,7 @@ class Config:
     checkpoint_every: int = 50
     output_dir: str = "fld_home/runs/train"
     seed: int = 0
-    source: str = "petastorm"             # petastorm (sharded, decoded in reader workers) | files (fixed order)
+    source: str = "petastorm"             # petastorm (sharded, decoded in reader workers) | files (read whole)
     shuffle: bool = True                  # files: a seeded permutation per epoch, the same on every rank; without
                                           # it a batch holds the examples of 2-3 images (ids sort by image)
     reader_pool: str = "process"
