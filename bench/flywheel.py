@@ -8,6 +8,10 @@ audit-slice scores and whether the gate published it.
 
     .venv/bin/python bench/flywheel.py --images 2000 --rounds 3 --train-minutes 10
 
+The training is the learning report's best CPU recipe unless told otherwise: ``<OD>`` alone for the
+first half of the budget, then the tasks the round's model answers (``--mixture``), one schedule,
+lr 2e-3 with 150 warm-up steps, region prompts supervised as the box's label (``--set``).
+
 Writes ``bench/results/flywheel.json`` and ``flywheel.png`` (F1 per family by round).
 """
 from __future__ import annotations
@@ -25,9 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lakehouse.rounds import GateFailed, RoundConfig, round_history, run_round  # noqa: E402
 from lakehouse.training import run_training  # noqa: E402
-from world import budget_config, world_at_round_one  # noqa: E402
+from world import LEARNED, REPORT_MIXTURE, budget_config, world_at_round_one  # noqa: E402
 from lakehouse.tables import read  # noqa: E402
 from quality.audit import FAMILIES, score  # noqa: E402
+
+
+# what the round's model answers: the report's tasks and the region names it relabels with
+ROUND_MIXTURE = REPORT_MIXTURE | {"<REGION_TO_CATEGORY>": 2.0}
 
 
 def main():
@@ -35,16 +43,24 @@ def main():
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--train-minutes", type=float, default=10.0)
+    p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
+                   help="curriculum of each training (default: '<OD>=' half of --train-minutes; 'none' for off)")
+    p.add_argument("--mixture", default=json.dumps(ROUND_MIXTURE), help="JSON task weights of the training examples")
+    p.add_argument("--set", nargs="*", action="extend", default=None, metavar="KEY=VALUE",
+                   help=f"recipe overrides (default: {' '.join(LEARNED)})")
     p.add_argument("--home", default=None)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "flywheel"))
     args = p.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="fld-flywheel-"))
     t0 = time.time()
     s, spark = world_at_round_one(home, args.images, "fld-flywheel-bench")
-    cfg = budget_config(args.train_minutes)
+    cfg = budget_config(args.train_minutes, LEARNED if args.set is None else args.set)
+    first = (None if args.first == "none" else args.first or f"<OD>={args.train_minutes / 2:g}")
+    mixture = json.loads(args.mixture)
     trainings = {}
     for n in range(2, args.rounds + 1):
-        tr = run_training(s, cfg, round_=n - 1, run_name=f"flywheel-round{n - 1}", register=None)
+        tr = run_training(s, cfg, round_=n - 1, mixture=mixture, run_name=f"flywheel-round{n - 1}", register=None,
+                          first=first)
         trainings[n - 1] = tr["result"]
         try:
             run_round(spark, s, RoundConfig(round=n, model=tr["model_dir"], specialists=[]))
@@ -61,7 +77,8 @@ def main():
             entry["truth"] = score(gold, truth)
         rounds.append(entry)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, local[2] Spark, CPU training",
-           "images": args.images, "train_minutes": args.train_minutes, "training": trainings, "rounds": rounds,
+           "images": args.images, "train_minutes": args.train_minutes, "first": first, "mixture": mixture,
+           "config": {k: v for k, v in vars(cfg).items()}, "training": trainings, "rounds": rounds,
            "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

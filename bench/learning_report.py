@@ -25,11 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from florence2.tasks import TASKS  # noqa: E402
+from florence2.recipe import parse_first  # noqa: E402
+from world import REPORT_MIXTURE  # noqa: E402
 
-# concentrate the small budget on the tasks the report scores
-MIXTURE = {t: 0.0 for t in TASKS} | {"<OD>": 2.0, "<CAPTION>": 1.0, "<DETAILED_CAPTION>": 1.0,
-                                     "<CAPTION_TO_PHRASE_GROUNDING>": 2.0, "<OCR_WITH_REGION>": 2.0, "<OCR>": 1.0}
+MIXTURE = dict(REPORT_MIXTURE)  # --weight changes it
 
 
 def main():
@@ -56,14 +55,7 @@ def main():
                         "the first phase's checkpoint (its optimizer, step and clock) instead of starting afresh")
     args = p.parse_args()
     if args.first:
-        tasks, _, mins = args.first.partition("=")
-        try:
-            args.first = ([t for t in tasks.split(",") if t], float(mins))
-        except ValueError:
-            args.first = ([], float("nan"))
-        if not args.first[0] or set(args.first[0]) - set(MIXTURE) or not 0 < args.first[1] < args.minutes:
-            raise SystemExit(f"--first {tasks}={mins}: expected TASK[,TASK]=MINUTES, tasks from the mixture, "
-                             f"0 < MINUTES < --minutes ({args.minutes:g})")
+        args.first = parse_first(args.first, args.minutes, MIXTURE)
     if args.one_schedule and not args.first:
         raise SystemExit("--one-schedule needs --first: it joins the curriculum's two phases into one schedule")
     for w in args.weight:

@@ -2,6 +2,14 @@
 the recipe config of a time-budgeted training run."""
 from __future__ import annotations
 
+from florence2.tasks import TASKS
+
+# concentrate a small budget on the tasks the learning report scores
+REPORT_MIXTURE = {t: 0.0 for t in TASKS} | {"<OD>": 2.0, "<CAPTION>": 1.0, "<DETAILED_CAPTION>": 1.0,
+                                            "<CAPTION_TO_PHRASE_GROUNDING>": 2.0, "<OCR_WITH_REGION>": 2.0, "<OCR>": 1.0}
+# the recipe settings of the best CPU learning figures (bench/results/learning_report_od9_one_schedule*.md)
+LEARNED = ("lr=0.002", "warmup_steps=150", "region_prompts=true")
+
 
 def world_at_round_one(home, images: int, app: str):
     """(settings, spark) of a home where ``images`` synthetic scenes are in bronze and round 1 is published;
@@ -25,10 +33,10 @@ def world_at_round_one(home, images: int, app: str):
     return s, spark
 
 
-def budget_config(minutes: float):
-    """The tiny recipe for ``minutes`` of training (cosine over the budget), batch 16."""
+def budget_config(minutes: float, overrides=()):
+    """The tiny recipe for ``minutes`` of training (cosine over the budget), batch 16, then ``overrides``."""
     from florence2.recipe import load_config
     from lakehouse.training import DEFAULT_CONFIG
 
     return load_config(DEFAULT_CONFIG, [f"max_minutes={minutes}", "max_steps=1000000", "epochs=1000", "batch_size=16",
-                                        "checkpoint_every=500", "log_every=100"])
+                                        "checkpoint_every=500", "log_every=100", *overrides])

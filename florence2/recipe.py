@@ -86,6 +86,21 @@ class Config:
     vision_lr_scale: float = 1.0          # the vision tower's and projector's rate, as a multiple of lr
 
 
+def parse_first(text: str, minutes: float | None, tasks) -> tuple[list[str], float]:
+    """A curriculum's first phase, ``TASK[,TASK]=MINUTES``: those tasks alone for MINUTES of a run of
+    ``minutes``; the tasks must be among ``tasks``."""
+    names, _, mins = text.partition("=")
+    chosen = [t for t in names.split(",") if t]
+    try:
+        m = float(mins)
+    except ValueError:
+        m = float("nan")
+    if not chosen or set(chosen) - set(tasks) or not 0 < m < (minutes or 0):
+        raise SystemExit(f"first phase {text!r}: expected TASK[,TASK]=MINUTES with tasks from {sorted(tasks)} and "
+                         f"0 < MINUTES < the run's max_minutes ({minutes})")
+    return chosen, m
+
+
 def load_config(path: str | None, overrides: list[str]) -> Config:
     """YAML file, then ``key=value`` overrides (values parsed as YAML)."""
     values = yaml.safe_load(open(path)) if path else {}

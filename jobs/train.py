@@ -7,6 +7,8 @@
 3. Open an MLflow run: params, the dataset input (table, Delta version, round), the round's
    Great Expectations result; then run the recipe: in this process (``--launcher local``),
    under ``horovodrun -np N`` or with ``horovod.spark.run`` on the Spark cluster.
+   With ``--first '<OD>=3'`` a second pinned version holding only those tasks trains first, and the
+   whole mixture resumes its checkpoint under the same learning-rate schedule.
 4. Log the trained model as a pyfunc, register it, and point the ``candidate`` alias at it.
 """
 from __future__ import annotations
@@ -24,6 +26,9 @@ def main(argv=None) -> dict:
     p.add_argument("--round", type=int, default=None)
     p.add_argument("--examples-version", type=int, default=None, help="reuse this training_examples version")
     p.add_argument("--mixture", default=None, help='JSON task weights, e.g. {"<OCR>": 0.5, "<OD>": 2}')
+    p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
+                   help="curriculum: these tasks alone for the first MINUTES of max_minutes, then the whole "
+                        "mixture under the same schedule, e.g. '<OD>=3'")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--launcher", choices=LAUNCHERS, default="local")
     p.add_argument("--np", type=int, default=2, help="Horovod processes (horovodrun / spark)")
@@ -37,7 +42,7 @@ def main(argv=None) -> dict:
 
     return run_training(settings_from(args), load_config(args.config, args.overrides), args.round,
                         args.examples_version, json.loads(args.mixture) if args.mixture else None, args.val_fraction,
-                        args.launcher, args.np, args.run_name, args.register or None)
+                        args.launcher, args.np, args.run_name, args.register or None, args.first)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +87,10 @@ def training_tokenizer(spark, root, version: int, out_dir: Path) -> Path:
     return out_dir
 
 
-def log_inputs(spark, root, cfg: recipe.Config, pinned: PinnedExamples, params: dict) -> None:
-    """Into the active MLflow run: params, the dataset input (table, Delta version, round) and the round's
-    Great Expectations result."""
+def log_inputs(spark, root, cfg: recipe.Config, pinned: PinnedExamples, params: dict,
+               first: PinnedExamples | None = None) -> None:
+    """Into the active MLflow run: params, the dataset inputs (table, Delta version, round; a curriculum's
+    first-phase version too) and the round's Great Expectations result."""
     import mlflow
     from pyspark.sql import functions as F
 
@@ -101,12 +103,19 @@ def log_inputs(spark, root, cfg: recipe.Config, pinned: PinnedExamples, params: 
     mlflow.set_tags({"fld.round": pinned.round, "fld.examples_version": pinned.version,
                      "fld.examples_table": root.ident("training_examples"),
                      "fld.gold_version": gate[0]["gold_version"] if gate else "",
-                     "fld.gate_success": bool(gate and gate[0]["gate_success"])})
-    train_df = example_rows(read(spark, root, "training_examples", version=pinned.version).filter("split = 'train'"))
-    dataset = mlflow.data.from_spark(train_df, path=None if root.is_catalog else root.path("training_examples"),
-                                     table_name=root.ident("training_examples") if root.is_catalog else None,
-                                     version=str(pinned.version), name=f"training_examples@v{pinned.version}")
-    mlflow.log_input(dataset, context="training", tags={"fld_round": str(pinned.round)})
+                     "fld.gate_success": bool(gate and gate[0]["gate_success"]),
+                     **({"fld.first_phase_examples_version": first.version} if first else {})})
+    for p, context in ((first, "training:first_phase"), (pinned, "training")):
+        if p is None:
+            continue
+        train_df = example_rows(read(spark, root, "training_examples", version=p.version).filter("split = 'train'"))
+        with warnings.catch_warnings():  # a dataset record, not a serving schema: missing ints cannot occur
+            warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing.*")
+            dataset = mlflow.data.from_spark(
+                train_df, path=None if root.is_catalog else root.path("training_examples"),
+                table_name=root.ident("training_examples") if root.is_catalog else None,
+                version=str(p.version), name=f"training_examples@v{p.version}")
+        mlflow.log_input(dataset, context=context, tags={"fld_round": str(p.round)})
     if gate:
         mlflow.log_dict(json.loads(gate[0]["gate_json"]), "quality/gate_result.json")
 
@@ -136,12 +145,20 @@ def launch(cfg: recipe.Config, data_file: Path, launcher: str = "local", np_: in
 
 def run_training(settings: Settings, cfg: recipe.Config, round_: int | None = None, examples_version: int | None = None,
                  mixture: dict | None = None, val_fraction: float = 0.1, launcher: str = "local", np_: int = 2,
-                 run_name: str | None = None, register: str | None = "florence2", log=print) -> dict:
+                 run_name: str | None = None, register: str | None = "florence2", first: str | None = None,
+                 log=print) -> dict:
     """Pin the examples, write ``data.json``, then in one MLflow run: log the inputs, train, log the model as
-    a pyfunc, register it and point ``candidate`` at it."""
+    a pyfunc, register it and point ``candidate`` at it.
+
+    ``first`` (``TASK[,TASK]=MINUTES``) is a curriculum under one schedule: a second pinned version holding
+    only those tasks trains for MINUTES of ``cfg.max_minutes`` (``stop_minutes``), then the whole mixture
+    resumes that checkpoint in the same run directory, so the learning rate decays on instead of warming
+    up again.  Both phases share the whole mixture's tokenizer."""
     import mlflow
 
     from florence2.pyfunc import log_and_register
+    from lakehouse.examples import default_mixture
+    from lakehouse.rounds import latest_published_round
     from lakehouse.spark import get_spark
     from lakehouse.tables import ensure_tables
     from lakehouse.tracking import configure_mlflow
@@ -149,30 +166,55 @@ def run_training(settings: Settings, cfg: recipe.Config, round_: int | None = No
     spark = get_spark(settings, "fld-train")
     root = settings.tables
     ensure_tables(spark, root)
+    pinned_first = None
+    if first:
+        tasks, first_minutes = recipe.parse_first(first, cfg.max_minutes, default_mixture())
+        whole = {**default_mixture(), **(mixture or {})}
+        only = {t: w if t in tasks else 0.0 for t, w in whole.items()}
+        if examples_version is None:  # the first phase's version first: the latest version stays the whole mixture
+            round_ = round_ if round_ is not None else latest_published_round(spark, root)
+            pinned_first = pin_examples(spark, root, round_, None, only, val_fraction)
     pinned = pin_examples(spark, root, round_, examples_version, mixture, val_fraction)
-    log(f"[train] training_examples v{pinned.version} (round {pinned.round}): {pinned.rows} train examples of "
-        f"{pinned.images} images in {len(pinned.files)} files, {pinned.val_rows} val examples")
+    if first and pinned_first is None:
+        pinned_first = pin_examples(spark, root, pinned.round, None, only, val_fraction)
+    for p, what in ((pinned_first, f"first phase ({first})"), (pinned, "whole mixture")):
+        if p is not None:
+            log(f"[train] {what}: training_examples v{p.version} (round {p.round}): {p.rows} train examples of "
+                f"{p.images} images in {len(p.files)} files, {p.val_rows} val examples")
     name = run_name or f"round{pinned.round}-v{pinned.version}"
     run_dir = Path(cfg.output_dir if os.path.isabs(cfg.output_dir) else settings.home / "runs" / name)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
     tok_dir = Path(cfg.init_from) if cfg.init_from else training_tokenizer(spark, root, pinned.version,
                                                                             run_dir / "tokenizer")
-    data = {"files": pinned.files, "rows": pinned.rows, "images": pinned.images, "version": pinned.version,
-            "split": "train", "tokenizer": str(tok_dir)}
-    (run_dir / "data.json").write_text(json.dumps(data, indent=1))
+    for p, file in ((pinned_first, "data_first.json"), (pinned, "data.json")):
+        if p is not None:
+            (run_dir / file).write_text(json.dumps({"files": p.files, "rows": p.rows, "images": p.images,
+                                                    "version": p.version, "split": "train",
+                                                    "tokenizer": str(tok_dir)}, indent=1))
 
     configure_mlflow(settings)
     with mlflow.start_run(run_name=name) as run:
         log_inputs(spark, root, cfg, pinned, {"launcher": launcher, "np": np_ if launcher != "local" else 1,
-                                              "mixture": json.dumps(mixture) if mixture else "uniform"})
+                                              "mixture": json.dumps(mixture) if mixture else "uniform",
+                                              "first_phase": first or ""}, pinned_first)
         cfg = dataclasses.replace(cfg, mlflow_run_id=run.info.run_id)
+        phase1 = None
+        if pinned_first is not None:
+            log(f"[train] phase 1: {first} (stops at {first_minutes:g} of {cfg.max_minutes:g} min)")
+            phase1 = launch(dataclasses.replace(cfg, stop_minutes=first_minutes), run_dir / "data_first.json",
+                            launcher, np_)
+            log(f"[train] phase 2: the whole mixture resumes step {phase1['steps']}")
         result = launch(cfg, run_dir / "data.json", launcher, np_)
+        if phase1:
+            result = result | {"first_phase": phase1}
+            mlflow.log_metric("first_phase_steps", phase1["steps"])
         mlflow.log_metrics({"final_loss": result["final_loss"] or 0.0, "train_examples_per_s": result["examples_per_s"]})
         reg = log_and_register(run_dir / "model", register or None)
         log(f"[train] run {run.info.run_id}: {result}; model {reg}")
         return {"run_id": run.info.run_id, "result": result, "model": reg, "examples_version": pinned.version,
-                "round": pinned.round, "model_dir": str(run_dir / "model")}
+                "round": pinned.round, "model_dir": str(run_dir / "model"),
+                "first_phase_examples_version": pinned_first.version if pinned_first else None}
 
 
 def main(argv=None) -> dict:

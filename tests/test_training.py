@@ -321,6 +321,36 @@ def test_train_job_tracks_dataset_gate_and_registers(pinned, tracked):
     assert run.data.params["batch_size"] == "2" and run.data.params["predict_batch_size"] == "8"
 
 
+def test_a_curriculum_pins_its_first_phase_then_the_whole_mixture_resumes_it(spark, pinned, capsys):
+    import mlflow
+
+    from florence2.recipe import load_config
+    from lakehouse.tracking import configure_mlflow
+    from lakehouse.training import DEFAULT_CONFIG, run_training
+
+    s, root, v, _, _ = pinned
+    cfg = load_config(DEFAULT_CONFIG, ["max_minutes=0.2", "max_steps=1000000", "epochs=1000", "batch_size=2",
+                                       "reader_pool=dummy", "log_every=1000"])
+    with pytest.raises(SystemExit, match="first phase '<OD>=0.5'"):  # longer than the run: refused before any work
+        run_training(s, cfg, examples_version=v, first="<OD>=0.5", register=None)
+    out = run_training(s, cfg, examples_version=v, run_name="curriculum", first="<OD>=0.05", register=None)
+    printed = capsys.readouterr().out
+    first_v = out["first_phase_examples_version"]
+    assert out["examples_version"] == v and first_v > v
+    tasks = {r.task for r in example_rows(read(spark, root, "training_examples", version=first_v))
+             .select("task").distinct().collect()}
+    assert tasks == {"<OD>"}
+    phase1 = out["result"]["first_phase"]
+    assert phase1["steps"] > 0 and out["result"]["steps"] > phase1["steps"]
+    assert f"resumed from {Path(out['model_dir']).parent / 'checkpoints'}" in printed
+    configure_mlflow(s)
+    run = mlflow.get_run(out["run_id"])
+    assert run.data.tags["fld.first_phase_examples_version"] == str(first_v)
+    assert {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+            for i in run.inputs.dataset_inputs} >= {
+        (f"training_examples@v{first_v}", "training:first_phase"), (f"training_examples@v{v}", "training")}
+
+
 def test_horovod_spark_run_from_the_job(pinned):
     from florence2.recipe import load_config
     from lakehouse.training import DEFAULT_CONFIG, run_training
