@@ -7,16 +7,21 @@ A model annotation is accepted when its confidence reaches that threshold, or
 when another (non-model) annotator agrees with it on the same image (regions:
 same label and IoU >= 0.5; words: same text and IoU >= 0.5).  Where a model
 region and a specialist region cover the same object (IoU >= 0.5) with different
-labels, the label of whichever is right more often on the audit slice wins and
-the other is dropped.  A relabelling model (``Florence2Labels``) names regions the
+labels, the label whose claim is right more often on the audit slice wins and
+the other is dropped: a claim is an annotator saying a label, so a specialist
+that is right about circles but often calls stars crosses loses its crosses to a
+model that is right about stars (each label's precision is shrunk towards the
+annotator's overall one, ``label_prior`` audited regions' worth, so a rare label
+does not swing it).  A relabelling model (``Florence2Labels``) names regions the
 published round already has, so only its label is judged: it replaces the label of
-a specialist region on the same box when the model is right more often on the
-audit slice and sure enough of it (``relabel_min_confidence``); a human label is
+a specialist region on the same box when the model's claim is right more often on
+the audit slice and the model is sure enough of it (``relabel_min_confidence``); a human label is
 never replaced.  Every drop has a reason, counted in ``filter_log`` under the step
 ``acceptance``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -36,6 +41,8 @@ class AcceptanceConfig:
     caption_precision: float = 0.8  # a caption is right when this share of its words is in the reference's
     relabel_min_confidence: float = 0.5  # a model's label replaces a specialist's only this sure (and above the
                                          # region confidence filter, so the region is not lost to it)
+    label_prior: float = 10.0       # a label's precision counts this many audited regions at the annotator's
+                                    # overall precision (shrinkage: few audited claims stay near the overall)
 
 
 def _words(s) -> list[str]:
@@ -73,18 +80,28 @@ def calibrate(audited: list[tuple[float, bool]], cfg: AcceptanceConfig) -> float
     return best
 
 
-def label_precision(anns: list[dict], refs: dict[str, dict]) -> dict[str, float]:
-    """Per annotator: of its regions that cover a reference object, the share with the right label."""
-    tally: dict[str, list[int]] = {}
+def label_tally(anns: list[dict], refs: dict[str, dict]) -> dict[tuple[str, str], list[int]]:
+    """Per (annotator, label claimed): of its regions that cover a reference object, [right, all]."""
+    tally: dict[tuple[str, str], list[int]] = {}
     for a in anns:
         if a["kind"] != "region" or a["image_id"] not in refs or a["bbox"] is None:
             continue
         objs = [o for o in refs[a["image_id"]].get("objects", []) if iou(a["bbox"], o["bbox"]) >= 0.5]
         if objs:
-            t = tally.setdefault(a["annotator"], [0, 0])
+            t = tally.setdefault((a["annotator"], _label(a["text"])), [0, 0])
             t[0] += any(_label(o["category"]) == _label(a["text"]) for o in objs)
             t[1] += 1
-    return {k: hit / n for k, (hit, n) in tally.items() if n}
+    return tally
+
+
+def label_precision(tally: dict[tuple[str, str], list[int]]) -> dict[str, float]:
+    """Per annotator: the share of right labels over all its claims."""
+    per: dict[str, list[int]] = {}
+    for (annotator, _), (hit, n) in tally.items():
+        t = per.setdefault(annotator, [0, 0])
+        t[0] += hit
+        t[1] += n
+    return {k: hit / n for k, (hit, n) in per.items() if n}
 
 
 @dataclass
@@ -92,6 +109,14 @@ class Calibration:
     thresholds: dict            # (annotator, kind) -> threshold or None
     label_precision: dict       # annotator -> share of right labels on covered objects
     audited: dict               # (annotator, kind) -> number of audited annotations
+    by_label: dict = dataclasses.field(default_factory=dict)  # (annotator, label) -> [right, all] on the slice
+    label_prior: float = 10.0
+
+    def claim(self, annotator: str, label) -> float:
+        """How often ``annotator`` is right when it names a region ``label``, shrunk towards its overall rate."""
+        overall = self.label_precision.get(annotator, 0.0)
+        hit, n = self.by_label.get((annotator, _label(label)), (0, 0))
+        return (hit + self.label_prior * overall) / (n + self.label_prior)
 
     def summary(self) -> str:
         parts = [f"{a}/{k} >= {t:.3f}" if t is not None else f"{a}/{k}: none reaches the target"
@@ -105,8 +130,9 @@ def calibrate_models(audit_anns: list[dict], refs: dict[str, dict], models: set[
     for a in audit_anns:
         if a["annotator"] in models and a["image_id"] in refs:
             groups.setdefault((a["annotator"], a["kind"]), []).append((a["confidence"] or 0.0, correct(a, refs[a["image_id"]], cfg)))
-    return Calibration({k: calibrate(v, cfg) for k, v in groups.items()}, label_precision(audit_anns, refs),
-                       {k: len(v) for k, v in groups.items()})
+    tally = label_tally(audit_anns, refs)
+    return Calibration({k: calibrate(v, cfg) for k, v in groups.items()}, label_precision(tally),
+                       {k: len(v) for k, v in groups.items()}, tally, cfg.label_prior)
 
 
 def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConfig, reasons) -> str | None:
@@ -116,14 +142,14 @@ def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConf
         return "relabel_agrees"  # the region keeps its own row (and provenance)
     if any(o["annotator"].startswith("human:") for _, o in covering):
         return "label_kept_by_human"
-    mine = cal.label_precision.get(r["annotator"], 0.0)
+    mine = cal.claim(r["annotator"], r["text"])
     if not covering:
         # the specialist row this box came from was overruled in an earlier round: the label stays the
         # model's while the model is at least as precise as every specialist on the slice
         rivals = [p for a, p in cal.label_precision.items() if a not in models and not a.startswith("human:")]
         if rivals and mine < max(rivals):
             return "relabel_less_precise"
-    elif not all(mine > cal.label_precision.get(o["annotator"], 0.0) for _, o in covering):
+    elif not all(mine > cal.claim(o["annotator"], o["text"]) for _, o in covering):
         return "label_kept_by_specialist"
     if (r["confidence"] or 0.0) < cfg.relabel_min_confidence:
         return "relabel_unsure"
@@ -155,8 +181,8 @@ def _decide(models: frozenset, relabelers: frozenset, cal: Calibration, cfg: Acc
             if r["kind"] == "region":
                 rivals = [(j, o) for j, o in others if o["kind"] == "region" and not o["annotator"].startswith("human:")
                           and _label(o["text"]) != _label(r["text"]) and iou(r["bbox"], o["bbox"]) >= 0.5]
-                mine = cal.label_precision.get(r["annotator"], 0.0)
-                if rivals and all(mine > cal.label_precision.get(o["annotator"], 0.0) for _, o in rivals):
+                mine = cal.claim(r["annotator"], r["text"])
+                if rivals and all(mine > cal.claim(o["annotator"], o["text"]) for _, o in rivals):
                     for j, _ in rivals:
                         reasons[j] = "label_overruled_by_model"
                     continue

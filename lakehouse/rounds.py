@@ -224,7 +224,10 @@ def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
     cal = calibrate_models(audited, ref, models, cfg.acceptance)
     log(f"[round {cfg.round}] acceptance thresholds (target precision {cfg.acceptance.target_precision}): "
         f"{cal.summary()}; label precision on the audit slice: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal.label_precision.items())))
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal.label_precision.items()))
+        + "; by label claimed (right/all): "
+        + "; ".join(f"{a}: " + " ".join(f"{lab} {h}/{n}" for (b, lab), (h, n) in sorted(cal.by_label.items()) if b == a)
+                    for a in sorted(cal.label_precision)))
     marked = apply_acceptance(anns, models, cal, cfg.acceptance, relabelers).persist()  # counted, then filtered: decide once
     drops = (marked.filter(F.col("drop_reason").isNotNull())
              .groupBy(F.lit("acceptance").alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))

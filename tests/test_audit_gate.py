@@ -167,3 +167,37 @@ def test_rerun_over_more_images_is_compared_on_the_images_both_rounds_cover(spar
     assert second["audit"]["regions"]["f1"] < first["audit"]["regions"]["f1"] - GATE.audit.max_f1_drop, \
         (first["audit"]["regions"], second["audit"]["regions"])
     assert latest_published_round(spark, root) == 1
+
+
+def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_specialists():
+    """Label precision per claim: the contour specialist is right 85% of the time overall but only 5 times in
+    20 when it says "cross"; a model right 70% overall but 18 times in 20 when it says "star" takes those
+    crosses, and loses where the specialist's claim ("circle", 80 of 80) is the surer one."""
+    import pandas as pd
+
+    from lakehouse.acceptance import Calibration, _decide, label_precision
+
+    tally = {("contours", "circle"): [80, 80], ("contours", "cross"): [5, 20],
+             ("labels", "star"): [18, 20], ("labels", "hexagon"): [24, 40],
+             ("model", "star"): [18, 20], ("model", "hexagon"): [24, 40]}
+    overall = label_precision(tally)
+    assert overall["contours"] == 0.85 and overall["labels"] == 0.7
+
+    def region(annotator, text, box, image="a"):
+        return {"image_id": image, "annotator": annotator, "kind": "region", "text": text, "bbox": box,
+                "confidence": 0.9}
+
+    rows = pd.DataFrame([region("contours", "cross", [0, 0, 10, 10]), region("labels", "star", [0, 0, 10, 10]),
+                         region("contours", "circle", [20, 20, 30, 30]), region("labels", "hexagon", [20, 20, 30, 30]),
+                         region("contours", "cross", [40, 40, 50, 50]), region("model", "star", [40, 41, 50, 50])])
+
+    def decide(prior):
+        cal = Calibration({}, overall, {}, tally, prior)
+        return list(_decide(frozenset({"labels", "model"}), frozenset({"labels"}), cal, AcceptanceConfig(), rows)
+                    .drop_reason)
+
+    assert decide(10.0) == ["label_overruled_by_model", None, None, "label_kept_by_specialist",
+                            "label_overruled_by_model", None]
+    # one precision per annotator (the rule before): the specialist keeps every label
+    assert decide(1e12) == [None, "label_kept_by_specialist", None, "label_kept_by_specialist",
+                            None, "model_uncalibrated_no_agreement"]
