@@ -73,7 +73,8 @@ def test_the_gpu_box_path_needs_no_spark(tmp_path):
         "'horovod'}\nclass B:\n    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in BLOCK:\n            raise ImportError('not on a GPU box: ' + name)\n"
         "sys.meta_path.insert(0, B())\n")
-    code = ("from lakehouse.synthetic import synthetic_rows, write_recipe_data\n"
+    code = ("import sys\nsys.path.insert(0, 'bench')\nimport learning_report  # noqa\n"
+            "from lakehouse.synthetic import synthetic_rows, write_recipe_data\n"
             "from florence2 import recipe\n"
             f"d = write_recipe_data(synthetic_rows(3, 5, ['<OD>', '<CAPTION>']), {str(tmp_path / 'data')!r}, 300)\n"
             "print(d['rows'])\n")
