@@ -48,6 +48,9 @@ def main():
     p.add_argument("--mixture", default=json.dumps(ROUND_MIXTURE), help="JSON task weights of the training examples")
     p.add_argument("--set", nargs="*", action="extend", default=None, metavar="KEY=VALUE",
                    help=f"recipe overrides (default: {' '.join(LEARNED)})")
+    p.add_argument("--min-claim-precision", type=float, default=0.5,
+                   help="train on a region label only where its claim was right this often on the audit slice "
+                        "(negative: every label)")
     p.add_argument("--home", default=None)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "flywheel"))
     args = p.parse_args()
@@ -57,10 +60,11 @@ def main():
     cfg = budget_config(args.train_minutes, LEARNED if args.set is None else args.set)
     first = (None if args.first == "none" else args.first or f"<OD>={args.train_minutes / 2:g}")
     mixture = json.loads(args.mixture)
+    claims = args.min_claim_precision if args.min_claim_precision >= 0 else None
     trainings = {}
     for n in range(2, args.rounds + 1):
         tr = run_training(s, cfg, round_=n - 1, mixture=mixture, run_name=f"flywheel-round{n - 1}", register=None,
-                          first=first)
+                          first=first, min_claim_precision=claims)
         trainings[n - 1] = tr["result"]
         try:
             run_round(spark, s, RoundConfig(round=n, model=tr["model_dir"], specialists=[]))
@@ -78,6 +82,7 @@ def main():
         rounds.append(entry)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, local[2] Spark, CPU training",
            "images": args.images, "train_minutes": args.train_minutes, "first": first, "mixture": mixture,
+           "min_claim_precision": claims,
            "config": {k: v for k, v in vars(cfg).items()}, "training": trainings, "rounds": rounds,
            "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out)

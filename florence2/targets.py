@@ -29,6 +29,7 @@ class Region:
     label: str | None = None              # category name
     description: str | None = None        # a short region description
     polygons: list[list[float]] | None = None
+    label_trusted: bool = True            # False: its label is not taught (a claim the audit slice distrusts)
 
 
 @dataclass
@@ -108,9 +109,12 @@ def build_examples(ann: ImageAnnotations, tasks=None) -> list[Example]:
         if ann.captions.get(level):
             add(task, ann.captions[level].strip())
     labelled = [r for r in regions if _label(r.label)]
-    add("<OD>", "".join(_label(r.label) + box_tokens(r.bbox, size) for r in labelled))
-    add("<DENSE_REGION_CAPTION>", "".join(_label(r.description) + box_tokens(r.bbox, size)
-                                          for r in regions if _label(r.description)))
+    # a whole-image answer lists every object: one label that may be wrong takes the image out of them
+    whole = all(r.label_trusted for r in labelled)
+    if whole:
+        add("<OD>", "".join(_label(r.label) + box_tokens(r.bbox, size) for r in labelled))
+        add("<DENSE_REGION_CAPTION>", "".join(_label(r.description) + box_tokens(r.bbox, size)
+                                              for r in regions if _label(r.description)))
     add("<REGION_PROPOSAL>", "".join(box_tokens(r.bbox, size) for r in regions))
     if ann.grounding_caption and ann.phrases:
         banned = set(BANNED_GROUNDING_TOKENS)
@@ -123,11 +127,11 @@ def build_examples(ann: ImageAnnotations, tasks=None) -> list[Example]:
     for r in regions:
         if r.polygons:
             add("<REGION_TO_SEGMENTATION>", polygon_tokens(r.polygons, size), region=tuple(r.bbox))
-        if _label(r.label):
+        if _label(r.label) and r.label_trusted:
             add("<REGION_TO_CATEGORY>", _label(r.label), region=tuple(r.bbox))
-        if _label(r.description):
+        if _label(r.description) and r.label_trusted:
             add("<REGION_TO_DESCRIPTION>", _label(r.description), region=tuple(r.bbox))
-    for cat in sorted({_label(r.label) for r in labelled}):
+    for cat in sorted({_label(r.label) for r in labelled} if whole else ()):
         add("<OPEN_VOCABULARY_DETECTION>", cat + "".join(box_tokens(r.bbox, size) for r in labelled
                                                           if _label(r.label) == cat), text=cat)
     if words:

@@ -29,6 +29,9 @@ def main(argv=None) -> dict:
     p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
                    help="curriculum: these tasks alone for the first MINUTES of max_minutes, then the whole "
                         "mixture under the same schedule, e.g. '<OD>=3'")
+    p.add_argument("--min-claim-precision", type=float, default=None,
+                   help="teach a region label only where its claim (annotator, label) was right at least this often "
+                        "on the round's audit slice")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--launcher", choices=LAUNCHERS, default="local")
     p.add_argument("--np", type=int, default=2, help="Horovod processes (horovodrun / spark)")
@@ -42,7 +45,8 @@ def main(argv=None) -> dict:
 
     return run_training(settings_from(args), load_config(args.config, args.overrides), args.round,
                         args.examples_version, json.loads(args.mixture) if args.mixture else None, args.val_fraction,
-                        args.launcher, args.np, args.run_name, args.register or None, args.first)
+                        args.launcher, args.np, args.run_name, args.register or None, args.first,
+                        args.min_claim_precision)
 
 
 if __name__ == "__main__":

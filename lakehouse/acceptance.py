@@ -49,7 +49,8 @@ def _words(s) -> list[str]:
     return re.findall(r"[a-z0-9]+", (s or "").lower())
 
 
-def _label(s) -> str:
+def label_key(s) -> str:
+    """A label as compared: lower case, singular."""
     w = (s or "").strip().lower()
     return w[:-1] if w.endswith("s") and not w.endswith("ss") else w
 
@@ -58,7 +59,7 @@ def correct(ann: dict, ref: dict, cfg: AcceptanceConfig) -> bool:
     """Whether one annotation agrees with the reference of its image."""
     kind = ann["kind"]
     if kind == "region":
-        return any(_label(o["category"]) == _label(ann["text"]) and iou(ann["bbox"], o["bbox"]) >= 0.5
+        return any(label_key(o["category"]) == label_key(ann["text"]) and iou(ann["bbox"], o["bbox"]) >= 0.5
                    for o in ref.get("objects", []))
     if kind == "word":
         return any((w["text"] or "").lower() == (ann["text"] or "").lower() and iou(ann["bbox"], w["bbox"]) >= 0.5
@@ -88,8 +89,8 @@ def label_tally(anns: list[dict], refs: dict[str, dict]) -> dict[tuple[str, str]
             continue
         objs = [o for o in refs[a["image_id"]].get("objects", []) if iou(a["bbox"], o["bbox"]) >= 0.5]
         if objs:
-            t = tally.setdefault((a["annotator"], _label(a["text"])), [0, 0])
-            t[0] += any(_label(o["category"]) == _label(a["text"]) for o in objs)
+            t = tally.setdefault((a["annotator"], label_key(a["text"])), [0, 0])
+            t[0] += any(label_key(o["category"]) == label_key(a["text"]) for o in objs)
             t[1] += 1
     return tally
 
@@ -115,7 +116,7 @@ class Calibration:
     def claim(self, annotator: str, label) -> float:
         """How often ``annotator`` is right when it names a region ``label``, shrunk towards its overall rate."""
         overall = self.label_precision.get(annotator, 0.0)
-        hit, n = self.by_label.get((annotator, _label(label)), (0, 0))
+        hit, n = self.by_label.get((annotator, label_key(label)), (0, 0))
         return (hit + self.label_prior * overall) / (n + self.label_prior)
 
     def summary(self) -> str:
@@ -138,7 +139,7 @@ def calibrate_models(audit_anns: list[dict], refs: dict[str, dict], models: set[
 def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConfig, reasons) -> str | None:
     """Why a relabelling model's region is dropped (None: kept), marking the specialist regions it overrules."""
     covering = [(j, o) for j, o in others if o["kind"] == "region" and iou(r["bbox"], o["bbox"]) >= 0.5]
-    if any(_label(o["text"]) == _label(r["text"]) for _, o in covering):
+    if any(label_key(o["text"]) == label_key(r["text"]) for _, o in covering):
         return "relabel_agrees"  # the region keeps its own row (and provenance)
     if any(o["annotator"].startswith("human:") for _, o in covering):
         return "label_kept_by_human"
@@ -168,7 +169,7 @@ def _decide(models: frozenset, relabelers: frozenset, cal: Calibration, cfg: Acc
     others = [(i, r) for i, r in others if reasons[i] is None]
 
     def agrees(r):
-        same = (lambda o: _label(o["text"]) == _label(r["text"])) if r["kind"] == "region" else \
+        same = (lambda o: label_key(o["text"]) == label_key(r["text"])) if r["kind"] == "region" else \
             (lambda o: (o["text"] or "").lower() == (r["text"] or "").lower())
         return any(o["kind"] == r["kind"] and same(o) and iou(r["bbox"], o["bbox"]) >= 0.5 for _, o in others)
 
@@ -180,7 +181,7 @@ def _decide(models: frozenset, relabelers: frozenset, cal: Calibration, cfg: Acc
         if r["kind"] in ("region", "word") and r["bbox"] is not None:
             if r["kind"] == "region":
                 rivals = [(j, o) for j, o in others if o["kind"] == "region" and not o["annotator"].startswith("human:")
-                          and _label(o["text"]) != _label(r["text"]) and iou(r["bbox"], o["bbox"]) >= 0.5]
+                          and label_key(o["text"]) != label_key(r["text"]) and iou(r["bbox"], o["bbox"]) >= 0.5]
                 mine = cal.claim(r["annotator"], r["text"])
                 if rivals and all(mine > cal.claim(o["annotator"], o["text"]) for _, o in rivals):
                     for j, _ in rivals:

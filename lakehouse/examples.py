@@ -28,10 +28,12 @@ def _seq(x) -> list:
     return [] if x is None else list(x)
 
 
-def gold_annotations(row: dict) -> ImageAnnotations:
-    """A published FLD row (with the image's width and height) as annotations."""
+def gold_annotations(row: dict, trusted=None) -> ImageAnnotations:
+    """A published FLD row (with the image's width and height) as annotations; ``trusted(annotator, label)``
+    says whether a region's label is taught (default: all)."""
     regions = [Region([float(v) for v in r["bbox"]], r["label"], r["description"],
-                      None if r["polygons"] is None else [[float(v) for v in p] for p in r["polygons"]])
+                      None if r["polygons"] is None else [[float(v) for v in p] for p in r["polygons"]],
+                      trusted is None or not r["label"] or trusted(r.get("annotator"), r["label"]))
                for r in _seq(row.get("regions"))]
     words = [Word(w["text"], [float(v) for v in w["quad"]]) for w in _seq(row.get("words"))]
     phrases = [Phrase(g["phrase"], int(g["start"]), [[float(v) for v in b] for b in g["boxes"]])
@@ -54,7 +56,23 @@ def _keep(example_key: str, weight: float) -> int:
 DEEP_COLUMNS = ["regions", "grounding"]  # see lakehouse.spark.json_columns
 
 
-def _examples(mixture: dict, val_fraction: float, round_: int, batches):
+class ClaimTrust:
+    """Which region labels are taught: an annotator's claim of a label (``lakehouse.acceptance``) must be
+    right at least ``min_precision`` of the time on the round's audit slice.  Annotators the slice does
+    not score (human labels: withheld from it) are trusted."""
+
+    def __init__(self, claims: list, min_precision: float, prior: float):
+        from lakehouse.acceptance import Calibration, label_precision
+
+        tally = {(a, lab): [hit, n] for a, lab, hit, n in claims}
+        self.cal = Calibration({}, label_precision(tally), {}, tally, prior)
+        self.min_precision = min_precision
+
+    def __call__(self, annotator, label) -> bool:
+        return annotator not in self.cal.label_precision or self.cal.claim(annotator, label) >= self.min_precision
+
+
+def _examples(mixture: dict, val_fraction: float, round_: int, trusted, batches):
     import pandas as pd
 
     from florence2.tasks import build_prompt
@@ -63,7 +81,7 @@ def _examples(mixture: dict, val_fraction: float, round_: int, batches):
     for pdf in batches:
         rows = []
         for row in parse_json_columns(pdf, DEEP_COLUMNS).to_dict("records"):
-            ann = gold_annotations(row)
+            ann = gold_annotations(row, trusted)
             examples = []
             for k, ex in enumerate(build_examples(ann, [t for t, w in mixture.items() if w > 0])):
                 key = f"{row['image_id']}|{ex.task}|{ex.text}|{ex.region}|{k}"
@@ -111,9 +129,14 @@ def default_mixture() -> dict:
 
 
 def build_training_examples(spark, root: TableRoot, round_: int | None = None, gold_version: int | None = None,
-                            mixture: dict | None = None, val_fraction: float = 0.1) -> DataFrame:
+                            mixture: dict | None = None, val_fraction: float = 0.1,
+                            min_claim_precision: float | None = None) -> DataFrame:
     """Examples from gold at ``gold_version`` (default: the version the round's publication recorded)
-    for ``round_`` (default: latest published).  A round that is not published is refused."""
+    for ``round_`` (default: latest published).  A round that is not published is refused.
+
+    ``min_claim_precision``: a region label whose claim (annotator, label) was right less often than this
+    on the round's audit slice is not taught: no ``<REGION_TO_CATEGORY>``/``<REGION_TO_DESCRIPTION>``
+    for it, and its image gets no whole-image label answers (``<OD>``, dense captions, open vocabulary)."""
     from lakehouse.rounds import latest_published_round, published_versions
 
     mixture = {**default_mixture(), **(mixture or {})}
@@ -129,16 +152,21 @@ def build_training_examples(spark, root: TableRoot, round_: int | None = None, g
                          f"{latest_published_round(spark, root)}); only published rounds are trained on")
     gold_version = pinned["gold"] if gold_version is None else gold_version
     gold = read(spark, root, "gold_fld", version=gold_version).filter(F.col("round") == round_)
-    return examples_from_gold(gold, read(spark, root, "bronze_images"), mixture, val_fraction, round_)
+    trusted = None
+    if min_claim_precision is not None:
+        from lakehouse.acceptance import AcceptanceConfig
+
+        trusted = ClaimTrust(pinned["audit"].get("claims", []), min_claim_precision, AcceptanceConfig().label_prior)
+    return examples_from_gold(gold, read(spark, root, "bronze_images"), mixture, val_fraction, round_, trusted)
 
 
 def examples_from_gold(gold: DataFrame, images: DataFrame, mixture: dict, val_fraction: float,
-                       round_: int) -> DataFrame:
+                       round_: int, trusted=None) -> DataFrame:
     """Training examples of gold rows (their images' sizes from ``images``, ``bronze_images``, and bytes from
     the image store)."""
     src = json_columns(gold.join(images.select("image_id", "content_path", "width", "height"), "image_id"),
                        DEEP_COLUMNS)
-    return src.mapInPandas(functools.partial(_examples, mixture, val_fraction, round_),
+    return src.mapInPandas(functools.partial(_examples, mixture, val_fraction, round_, trusted),
                            TABLES["training_examples"].schema)
 
 

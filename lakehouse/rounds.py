@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
-from lakehouse.acceptance import AcceptanceConfig, apply_acceptance, calibrate_models
+from lakehouse.acceptance import AcceptanceConfig, apply_acceptance, calibrate_models, label_tally
 from lakehouse.faults import crash_point
 from lakehouse.filters import FilterConfig, apply_filters
 from lakehouse.fld import build_gold, human_annotations, publish_gold
@@ -111,13 +111,16 @@ def latest_published_round(spark, root: TableRoot) -> int | None:
 
 
 def published_versions(spark, root: TableRoot, round_: int) -> dict | None:
-    """The silver and gold versions the latest *published* attempt of a round recorded, or None.
+    """The silver and gold versions (and audit scores) the latest *published* attempt of a round recorded,
+    or None.
 
     Readers pin these: a crash after gold was merged but before the ``rounds`` row, or a later
     refused rerun of the round that replaced its silver slice, must not change what they read."""
     rows = (read(spark, root, "rounds").filter(F.col("published") & (F.col("round") == round_))
-            .orderBy(F.col("attempt_at").desc()).select("silver_version", "gold_version").limit(1).collect())
-    return {"silver": rows[0]["silver_version"], "gold": rows[0]["gold_version"]} if rows else None
+            .orderBy(F.col("attempt_at").desc()).select("silver_version", "gold_version", "audit_json").limit(1)
+            .collect())
+    return {"silver": rows[0]["silver_version"], "gold": rows[0]["gold_version"],
+            "audit": json.loads(rows[0]["audit_json"] or "{}")} if rows else None
 
 
 def round_history(spark, root: TableRoot) -> list[dict]:
@@ -154,6 +157,7 @@ def _audit(spark, root: TableRoot, ref: dict, candidate, cfg: RoundConfig, log):
     scores = audit.score(rows, ref)
     log(f"[round {cfg.round}] audit ({scores['images']} images): " + ", ".join(
         f"{k} F1 {v['f1']:.3f}" for k, v in scores.items() if k != "images"))
+    scores["claims"] = _claims(rows, ref)
     prev_round = latest_published_round(spark, root)
     if prev_round is None or not ref:
         return scores, []
@@ -169,6 +173,14 @@ def _audit(spark, root: TableRoot, ref: dict, candidate, cfg: RoundConfig, log):
     before = audit.score(prev_rows, shared)
     checks = [dict(c, published_round=prev_round, images=len(shared)) for c in audit.regressions(now, before, acfg)]
     return scores, checks
+
+
+def _claims(rows: list[dict], ref: dict) -> list[list]:
+    """[annotator, label, right, all] for every label an annotator gave a region of the FLD rows on the
+    audit slice (``lakehouse.acceptance.label_tally``): what the next training's examples trust."""
+    anns = [{"kind": "region", "image_id": r["image_id"], "bbox": g["bbox"], "text": g["label"],
+             "annotator": g["annotator"]} for r in rows for g in r.get("regions") or [] if g["label"]]
+    return [[a, lab, hit, n] for (a, lab), (hit, n) in sorted(label_tally(anns, ref).items())]
 
 
 def _images(spark, root: TableRoot, cfg: RoundConfig):

@@ -49,7 +49,7 @@ class PinnedExamples:
 
 
 def pin_examples(spark, root, round_: int | None = None, version: int | None = None, mixture: dict | None = None,
-                 val_fraction: float = 0.1) -> PinnedExamples:
+                 val_fraction: float = 0.1, min_claim_precision: float | None = None) -> PinnedExamples:
     """Build ``training_examples`` from gold at ``round_`` (default: the latest published) unless ``version``
     pins an existing version; returns that version's train files."""
     from pyspark.sql import functions as F
@@ -62,10 +62,11 @@ def pin_examples(spark, root, round_: int | None = None, version: int | None = N
     if version is None:
         rnd = round_ if round_ is not None else latest_published_round(spark, root)
         gold_version = current_version(spark, root, "gold_fld")
-        df = build_training_examples(spark, root, rnd, gold_version, mixture, val_fraction)
+        df = build_training_examples(spark, root, rnd, gold_version, mixture, val_fraction, min_claim_precision)
         version = write_training_examples(spark, root, df, {"fld_round": rnd, "gold_version": gold_version,
                                                             "mixture": json.dumps(mixture) if mixture else None,
-                                                            "val_fraction": val_fraction})
+                                                            "val_fraction": val_fraction,
+                                                            "min_claim_precision": min_claim_precision})
     ex = read(spark, root, "training_examples", version=version)
     sl = delta_slice(spark, root, version, "train")
     return PinnedExamples(version, ex.select(F.max("round")).collect()[0][0], list(sl.files), sl.rows,
@@ -146,7 +147,7 @@ def launch(cfg: recipe.Config, data_file: Path, launcher: str = "local", np_: in
 def run_training(settings: Settings, cfg: recipe.Config, round_: int | None = None, examples_version: int | None = None,
                  mixture: dict | None = None, val_fraction: float = 0.1, launcher: str = "local", np_: int = 2,
                  run_name: str | None = None, register: str | None = "florence2", first: str | None = None,
-                 log=print) -> dict:
+                 min_claim_precision: float | None = None, log=print) -> dict:
     """Pin the examples, write ``data.json``, then in one MLflow run: log the inputs, train, log the model as
     a pyfunc, register it and point ``candidate`` at it.
 
@@ -173,10 +174,10 @@ def run_training(settings: Settings, cfg: recipe.Config, round_: int | None = No
         only = {t: w if t in tasks else 0.0 for t, w in whole.items()}
         if examples_version is None:  # the first phase's version first: the latest version stays the whole mixture
             round_ = round_ if round_ is not None else latest_published_round(spark, root)
-            pinned_first = pin_examples(spark, root, round_, None, only, val_fraction)
-    pinned = pin_examples(spark, root, round_, examples_version, mixture, val_fraction)
+            pinned_first = pin_examples(spark, root, round_, None, only, val_fraction, min_claim_precision)
+    pinned = pin_examples(spark, root, round_, examples_version, mixture, val_fraction, min_claim_precision)
     if first and pinned_first is None:
-        pinned_first = pin_examples(spark, root, pinned.round, None, only, val_fraction)
+        pinned_first = pin_examples(spark, root, pinned.round, None, only, val_fraction, min_claim_precision)
     for p, what in ((pinned_first, f"first phase ({first})"), (pinned, "whole mixture")):
         if p is not None:
             log(f"[train] {what}: training_examples v{p.version} (round {p.round}): {p.rows} train examples of "
@@ -197,7 +198,8 @@ def run_training(settings: Settings, cfg: recipe.Config, round_: int | None = No
     with mlflow.start_run(run_name=name) as run:
         log_inputs(spark, root, cfg, pinned, {"launcher": launcher, "np": np_ if launcher != "local" else 1,
                                               "mixture": json.dumps(mixture) if mixture else "uniform",
-                                              "first_phase": first or ""}, pinned_first)
+                                              "first_phase": first or "",
+                                              "min_claim_precision": min_claim_precision}, pinned_first)
         cfg = dataclasses.replace(cfg, mlflow_run_id=run.info.run_id)
         phase1 = None
         if pinned_first is not None:

@@ -201,3 +201,35 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
     # one precision per annotator (the rule before): the specialist keeps every label
     assert decide(1e12) == [None, "label_kept_by_specialist", None, "label_kept_by_specialist",
                             None, "model_uncalibrated_no_agreement"]
+
+
+def test_label_claims_land_in_rounds_and_distrusted_labels_are_not_taught(spark, world):
+    """Each round records, per annotator and label, how often its region labels were right on the audit
+    slice; training examples built with ``min_claim_precision`` teach only the labels whose claims reach it
+    (annotators the slice does not score, human labels, stay trusted)."""
+    from florence2.tasks import TASKS
+    from lakehouse.examples import build_training_examples, example_rows
+
+    s, root, res = world
+    claims = res["audit"]["claims"]
+    assert claims and all(len(c) == 4 and 0 <= c[2] <= c[3] for c in claims)
+    assert {c[0] for c in claims} == {"contours"}  # human labels are withheld from the audit slice
+    stored = json.loads(read(spark, root, "rounds").filter("round = 1 AND published").collect()[0].audit_json)
+    assert stored["claims"] == claims
+    mixture = {t: 0.0 for t in TASKS} | {"<OD>": 1.0, "<REGION_TO_CATEGORY>": 1.0}
+
+    def examples(min_precision):
+        df = example_rows(build_training_examples(spark, root, 1, None, mixture, 0.0, min_precision))
+        return df.select("image_id", "task", "region").collect()
+
+    everything, strict = examples(None), examples(1.01)  # 1.01: no audited claim is trusted
+    gold = {r.image_id: [g for g in r.regions if g.label]
+            for r in read(spark, root, "gold_fld").filter("round = 1").collect()}
+    human_only = {i for i, regs in gold.items() if regs and all(g.annotator.startswith("human:") for g in regs)}
+    assert human_only and {r.image_id for r in strict if r.task == "<OD>"} == human_only
+    assert len({r.image_id for r in everything if r.task == "<OD>"}) > len(human_only)
+    by_box = {(i, tuple(round(v, 3) for v in g.bbox)): g.annotator for i, regs in gold.items() for g in regs}
+    named = [by_box[(r.image_id, tuple(round(v, 3) for v in r.region))] for r in strict
+             if r.task == "<REGION_TO_CATEGORY>"]
+    assert named and all(a.startswith("human:") for a in named)
+    assert len(named) < sum(r.task == "<REGION_TO_CATEGORY>" for r in everything)

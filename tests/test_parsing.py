@@ -122,3 +122,27 @@ def test_targets_round_trip_within_half_a_bin():
             else:
                 assert got == ex.target
     assert seen == set(TASKS)
+
+
+def test_an_untrusted_label_is_not_taught():
+    """A region whose label claim is distrusted: no region-to-category/description for it, and its image
+    loses the answers that list every label (OD, dense captions, open vocabulary); boxes and the other
+    regions' labels stay."""
+    import dataclasses
+
+    scene, _ = next(iter(generate(1, seed=3)))
+    ann = from_synthetic(scene.to_dict())
+    assert len(ann.regions) >= 2
+    all_tasks = {ex.task for ex in build_examples(ann)}
+    assert {"<OD>", "<DENSE_REGION_CAPTION>", "<OPEN_VOCABULARY_DETECTION>"} <= all_tasks
+    doubted = ann.regions[0]
+    ann2 = dataclasses.replace(ann, regions=[dataclasses.replace(doubted, label_trusted=False)] + ann.regions[1:])
+    got = build_examples(ann2)
+    tasks = {ex.task for ex in got}
+    assert not tasks & {"<OD>", "<DENSE_REGION_CAPTION>", "<OPEN_VOCABULARY_DETECTION>"}
+    assert "<REGION_PROPOSAL>" in tasks
+    named = [tuple(ex.region) for ex in got if ex.task in ("<REGION_TO_CATEGORY>", "<REGION_TO_DESCRIPTION>")]
+    assert tuple(doubted.bbox) not in named
+    assert {tuple(r.bbox) for r in ann.regions[1:]} <= set(named)
+    segmented = [tuple(ex.region) for ex in got if ex.task == "<REGION_TO_SEGMENTATION>"]
+    assert tuple(doubted.bbox) in segmented
