@@ -182,6 +182,11 @@ def run_training(settings: Settings, cfg: recipe.Config, round_: int | None = No
         if p is not None:
             log(f"[train] {what}: training_examples v{p.version} (round {p.round}): {p.rows} train examples of "
                 f"{p.images} images in {len(p.files)} files, {p.val_rows} val examples")
+    ranks = np_ if launcher != "local" else 1
+    if pinned_first is not None and pinned_first.rows < cfg.batch_size * ranks:
+        log(f"[train] phase 1 skipped: {first} has {pinned_first.rows} train examples, fewer than one batch "
+            f"({cfg.batch_size} x {ranks} ranks); the whole mixture trains for all of max_minutes")
+        pinned_first = None
     name = run_name or f"round{pinned.round}-v{pinned.version}"
     run_dir = Path(cfg.output_dir if os.path.isabs(cfg.output_dir) else settings.home / "runs" / name)
     run_dir.mkdir(parents=True, exist_ok=True)
