@@ -349,6 +349,12 @@ def test_a_curriculum_pins_its_first_phase_then_the_whole_mixture_resumes_it(spa
     assert {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
             for i in run.inputs.dataset_inputs} >= {
         (f"training_examples@v{first_v}", "training:first_phase"), (f"training_examples@v{v}", "training")}
+    # a first phase with fewer examples than one batch would spin without a step: skipped, and said so
+    big = load_config(DEFAULT_CONFIG, ["max_minutes=0.05", "max_steps=1000000", "epochs=1000", "batch_size=100000",
+                                       "reader_pool=dummy"])
+    out = run_training(s, big, examples_version=v, run_name="curriculum-skip", first="<OD>=0.01", register=None)
+    assert "phase 1 skipped: <OD>=0.01 has" in capsys.readouterr().out
+    assert "first_phase" not in out["result"] and out["first_phase_examples_version"] is None
 
 
 def test_horovod_spark_run_from_the_job(pinned):
