@@ -116,7 +116,7 @@ def log_inputs(spark, root, cfg: recipe.Config, pinned: PinnedExamples, params: 
                 train_df, path=None if root.is_catalog else root.path("training_examples"),
                 table_name=root.ident("training_examples") if root.is_catalog else None,
                 version=str(p.version), name=f"training_examples@v{p.version}")
-        mlflow.log_input(dataset, context=context, tags={"fld_round": str(p.round)})
+            mlflow.log_input(dataset, context=context, tags={"fld_round": str(p.round)})
     if gate:
         mlflow.log_dict(json.loads(gate[0]["gate_json"]), "quality/gate_result.json")
 

@@ -143,7 +143,7 @@ def test_region_pool_names_each_box_by_its_label_and_scores_the_mean_of_its_cell
     assert float(pool) > 0 and abs(float(pool) - float((ce[0] + ce[1]) / 2 + ce[2]) / 3) < 1e-4
     total, _ = recipe.step_loss(model, inputs, cfg, modeling.loc_token_range(tok), got)
     plain, _ = recipe.step_loss(model, inputs, recipe.Config(region_attention=0.0), modeling.loc_token_range(tok), got)
-    assert abs(float(total) - float(plain) - float(pool)) < 1e-3
+    assert abs(float(total.detach()) - float(plain.detach()) - float(pool.detach())) < 1e-3
 
 
 def test_a_text_answer_about_the_prompts_region_is_supervised_on_that_region():
