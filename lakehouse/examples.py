@@ -156,7 +156,10 @@ def build_training_examples(spark, root: TableRoot, round_: int | None = None, g
     if min_claim_precision is not None:
         from lakehouse.acceptance import AcceptanceConfig
 
-        trusted = ClaimTrust(pinned["audit"].get("claims", []), min_claim_precision, AcceptanceConfig().label_prior)
+        if "claims" not in pinned["audit"]:
+            raise ValueError(f"round {round_} was published before rounds recorded label claims; refine it again "
+                             "or train without min_claim_precision")
+        trusted = ClaimTrust(pinned["audit"]["claims"], min_claim_precision, AcceptanceConfig().label_prior)
     return examples_from_gold(gold, read(spark, root, "bronze_images"), mixture, val_fraction, round_, trusted)
 
 
