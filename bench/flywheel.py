@@ -83,7 +83,7 @@ def main():
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, local[2] Spark, CPU training",
            "images": args.images, "train_minutes": args.train_minutes, "first": first, "mixture": mixture,
            "min_claim_precision": claims,
-           "config": {k: v for k, v in vars(cfg).items()}, "training": trainings, "rounds": rounds,
+           "config": vars(cfg), "training": trainings, "rounds": rounds,
            "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
