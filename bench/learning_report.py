@@ -10,6 +10,8 @@ scenes, validation from other scenes, and the same recipe and the same scoring
 (``florence2.evaluation.evaluate_examples``) run on them, with any ``--size``:
 
     python3 bench/learning_report.py --direct --size small --images 3000 --minutes 6 --batch 64
+
+``--model DIR`` trains nothing and scores a model trained elsewhere (a flywheel round's) the same way.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def main():
     p.add_argument("--set", nargs="*", action="extend", default=[], help="more recipe overrides, key=value (--direct)")
     p.add_argument("--score", default=None, help="score the predictions a --direct run saved where the scoring "
                                                  "tools (Java, pycocotools) were missing, e.g. on a GPU box")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="train nothing: score this trained model directory (e.g. FLD_HOME/runs/flywheel-round1/model) "
+                        "on fresh scenes, the relabeller's <REGION_TO_CATEGORY> included")
     p.add_argument("--weight", nargs="*", default=[], metavar="TASK=N",
                    help="mixture weights (whole examples per scene) over the default, e.g. '<OD>=4' (--direct)")
     p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
@@ -65,6 +70,8 @@ def main():
         MIXTURE[task] = float(n)
     if args.score:
         return score_saved(Path(args.score))
+    if args.model:
+        return probe(args)
     if args.direct:
         return direct(args)
     from lakehouse.evaluation import evaluate
@@ -91,8 +98,6 @@ def direct(args):
     import torch
 
     from florence2 import modeling, recipe
-    from florence2.evaluation import image_ablation
-    from florence2.predictor import Predictor
     from florence2.evaluation import evaluate_examples  # the scoring tools themselves load lazily
     from lakehouse.synthetic import synthetic_rows, write_recipe_data
 
@@ -131,15 +136,7 @@ def direct(args):
                                         "training": dict(tr, steps=own_steps)}],
                    "steps": own_steps + first_steps, "seconds": tr["seconds"] + phases[0]["training"]["seconds"]}
     model, proc = modeling.load(work / "run" / "model")
-    predictor = Predictor(model, proc, device=device, batch_size=64, max_new_tokens=256)
-    preds = predictor.predict([_request(r) for r in val])
-    ablation = {}
-    for task in ("<OD>", "<CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_TO_CATEGORY>"):
-        sel = [r for r in val if r["task"] == task][:32]
-        if not sel:  # a mixture without this task
-            continue
-        ablation[task] = image_ablation(model.to("cpu"), proc, [r["content"] for r in sel], [r["prompt"] for r in sel],
-                                        [r["target"] for r in sel], cfg.loc_sigma)
+    preds, ablation = _answers(model, proc, val, device, cfg.loc_sigma)
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
     res = {"machine": name, "mode": "direct (synthetic truth, no lakehouse)", "size": args.size, "images": args.images,
            "val_images": args.val_images, "batch": args.batch, "lr": args.lr,
@@ -158,6 +155,49 @@ def direct(args):
               f"bench/learning_report.py --score {out.with_suffix('.json')}", flush=True)
         return
     _write_direct(out, res)
+
+
+def _answers(model, proc, val, device: str, loc_sigma: float):
+    """(greedy outputs for ``val``, image ablation of the tasks that have one) of a trained model."""
+    from florence2.evaluation import image_ablation
+    from florence2.predictor import Predictor
+
+    preds = Predictor(model, proc, device=device, batch_size=64, max_new_tokens=256).predict([_request(r) for r in val])
+    ablation = {}
+    for task in ("<OD>", "<CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_TO_CATEGORY>"):
+        sel = [r for r in val if r["task"] == task][:32]
+        if not sel:  # a mixture without this task
+            continue
+        ablation[task] = image_ablation(model.to("cpu"), proc, [r["content"] for r in sel], [r["prompt"] for r in sel],
+                                        [r["target"] for r in sel], loc_sigma)
+    return preds, ablation
+
+
+def probe(args) -> None:
+    """What a model trained elsewhere (a flywheel round's, ``FLD_HOME/runs/RUN/model``) knows: the report's
+    scoring on fresh synthetic scenes (the validation seed), with ``<REGION_TO_CATEGORY>``, the task the
+    relabelling specialist asks."""
+    import torch
+
+    from florence2 import modeling
+    from florence2.evaluation import evaluate_examples
+    from florence2.recipe import Config
+    from lakehouse.synthetic import synthetic_rows
+
+    t0 = time.time()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tasks = [t for t, w in MIXTURE.items() if w > 0] + ["<REGION_TO_CATEGORY>", "<REFERRING_EXPRESSION_SEGMENTATION>"]
+    val = synthetic_rows(args.val_images, 42, list(dict.fromkeys(tasks)))
+    model, proc = modeling.load(args.model)
+    preds, ablation = _answers(model, proc, val, device, Config().loc_sigma)
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {device}", "mode": "probe", "model": args.model,
+           "size": "probed",
+           "val_images": args.val_images, "image_ablation": ablation, "od_boxes": od_boxes(val, preds),
+           "evaluation": evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val]),
+           "wall_s": round(time.time() - t0, 1)}
+    out = Path(args.out or Path(__file__).parent / "results" / "model_probe")
+    _write(out, res, f"{args.model} on {args.val_images} fresh synthetic scenes (validation seed 42), {res['machine']}; "
+                     f"examples per task: {res['evaluation']['examples']}")
 
 
 def score_saved(path: Path) -> None:

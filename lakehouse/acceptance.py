@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from florence2.geometry import iou
+from florence2.vocabulary import singular
 
 CAPTION_LEVELS = {"caption_brief": "brief", "caption_detailed": "detailed", "caption_more_detailed": "more_detailed"}
 
@@ -50,9 +51,8 @@ def _words(s) -> list[str]:
 
 
 def label_key(s) -> str:
-    """A label as compared: lower case, singular."""
-    w = (s or "").strip().lower()
-    return w[:-1] if w.endswith("s") and not w.endswith("ss") else w
+    """A label as compared: lower case, singular (the vocabulary's own rule, so "crosses" is a "cross")."""
+    return singular((s or "").strip())
 
 
 def correct(ann: dict, ref: dict, cfg: AcceptanceConfig) -> bool:

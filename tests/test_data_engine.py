@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse.acceptance import label_key
 from lakehouse.filters import FilterConfig, apply_filters, nms_keep
 from lakehouse.fld import ground_phrases
 from lakehouse.ingest import run_ingest
@@ -61,6 +62,7 @@ def test_one_vocabulary_for_caption_lengths_plurals_and_boxes(spark):
     assert FilterConfig().caption_words == GateConfig().caption_words == {c.kind: c.words for c in CAPTION_LEVELS}
     for c in CATEGORIES:
         assert singular(PLURALS[c]) == singular(c) == c
+        assert label_key(" " + PLURALS[c].title()) == label_key(c) == c   # how acceptance compares labels
     assert head_noun("three red crosses") == head_noun("a red cross") == "cross"
     assert bounding_box([4, 1, 9, 2, 8, 7, 3, 6]) == [3, 1, 9, 7]
 
