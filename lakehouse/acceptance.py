@@ -143,7 +143,7 @@ class Calibration:
     disputes: dict = dataclasses.field(default_factory=dict)  # dispute_tally of the slice
 
     def loses_disputes(self, model: str, specialist: str, label) -> bool:
-        """Whether ``model``, where it named the same boxes otherwise, was right less often than ``specialist``
+        """Whether ``model``, where it named the same boxes otherwise, was right no more often than ``specialist``
         saying ``label`` (no such boxes on the slice: no evidence against it)."""
         mine, theirs, _ = self.disputes.get((model, specialist, label_key(label)), (0, 0, 0))
         return mine <= theirs and mine + theirs > 0
