@@ -31,6 +31,7 @@ from florence2.recipe import parse_first  # noqa: E402
 from world import REPORT_MIXTURE  # noqa: E402
 
 MIXTURE = dict(REPORT_MIXTURE)  # --weight changes it
+VAL_SEED = 42  # the validation scenes: other scenes than any training world's (seeds 0 and 41)
 
 
 def main():
@@ -109,7 +110,7 @@ def direct(args):
     for r in synthetic_rows(args.images, 41, tasks):  # a weight of 2 is each example twice
         rows += [r | {"example_id": f"{r['example_id']}-{k}"} for k in range(int(MIXTURE[r["task"]]))]
     data = write_recipe_data(rows, work / "data")
-    val = synthetic_rows(args.val_images, 42, tasks + ["<REFERRING_EXPRESSION_SEGMENTATION>"])
+    val = synthetic_rows(args.val_images, VAL_SEED, tasks + ["<REFERRING_EXPRESSION_SEGMENTATION>"])
     overrides = [f"model_size={args.size}", "source=files", f"max_minutes={args.minutes}", "max_steps=1000000",
                  "epochs=1000000", f"batch_size={args.batch}", f"lr={args.lr}", "checkpoint_every=0", "log_every=100",
                  f"output_dir={work / 'run'}"] + args.set
@@ -187,7 +188,7 @@ def probe(args) -> None:
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tasks = [t for t, w in MIXTURE.items() if w > 0] + ["<REGION_TO_CATEGORY>", "<REFERRING_EXPRESSION_SEGMENTATION>"]
-    val = synthetic_rows(args.val_images, 42, list(dict.fromkeys(tasks)))
+    val = synthetic_rows(args.val_images, VAL_SEED, list(dict.fromkeys(tasks)))
     model, proc = modeling.load(args.model)
     preds, ablation = _answers(model, proc, val, device, Config().loc_sigma)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {device}", "mode": "probe", "model": args.model,
@@ -196,7 +197,7 @@ def probe(args) -> None:
            "evaluation": evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val]),
            "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out or Path(__file__).parent / "results" / "model_probe")
-    _write(out, res, f"{args.model} on {args.val_images} fresh synthetic scenes (validation seed 42), {res['machine']}; "
+    _write(out, res, f"{args.model} on {args.val_images} fresh synthetic scenes (validation seed {VAL_SEED}), {res['machine']}; "
                      f"examples per task: {res['evaluation']['examples']}")
 
 
@@ -208,7 +209,7 @@ def score_saved(path: Path) -> None:
     res = json.loads(path.read_text())
     mixture = res.get("mixture", MIXTURE)
     tasks = [t for t, w in mixture.items() if w > 0] + ["<REFERRING_EXPRESSION_SEGMENTATION>"]
-    val = synthetic_rows(res["val_images"], 42, tasks)
+    val = synthetic_rows(res["val_images"], VAL_SEED, tasks)
     by_id = {p["example_id"]: p for p in res["predictions"]}
     if [r["example_id"] for r in val] != [p["example_id"] for p in res["predictions"]]:
         raise SystemExit(f"{path}: its predictions are not those of the regenerated validation scenes")
