@@ -5,20 +5,23 @@ Per kind (region, word, caption level), the model's confidence threshold is
 calibrated on the audit slice (``quality.audit``) to reach a target precision.
 A model annotation is accepted when its confidence reaches that threshold, or
 when another (non-model) annotator agrees with it on the same image (regions:
-same label and IoU >= 0.5; words: same text and IoU >= 0.5).  Where a model
-region and a specialist region cover the same object (IoU >= 0.5) with different
-labels, the label whose claim is right more often on the audit slice wins (unless, on the
-slice's boxes where exactly these two annotators disagreed, the model was right no more often:
-``dispute_tally``) and the other is dropped: a claim is an annotator saying a label, so a specialist
-that is right about circles but often calls stars crosses loses its crosses to a
-model that is right about stars (each label's precision is shrunk towards the
-annotator's overall one, ``label_prior`` audited regions' worth, so a rare label
-does not swing it).  A relabelling model (``Florence2Labels``) names regions the
-published round already has, so only its label is judged: it replaces the label of
-a specialist region on the same box when the model's claim is right more often on
-the audit slice and the model is sure enough of it (``relabel_min_confidence``); a human label is
-never replaced.  Every drop has a reason, counted in ``filter_log`` under the step
-``acceptance``.
+same label and IoU >= 0.5; words: same text and IoU >= 0.5).
+
+Where a model region and a specialist region cover the same object (IoU >= 0.5)
+with different labels, one label wins and the other is dropped.  The slice's
+boxes where exactly these two annotators disagreed about that label decide
+(``dispute_tally``): the model's label wins from the confidence on which it was
+right more often than the specialist there (``overrule_threshold``), so a
+relabeller that is wrong about most of the contour specialist's crosses still
+takes the ones it is sure of, if it was right about those.  Where the slice has no
+such box with a right answer, claims decide: a claim is an annotator saying a
+label, and the one right more often on the slice wins (each label's precision is
+shrunk towards the annotator's overall one, ``label_prior`` audited regions'
+worth, so a rare label does not swing it).  A relabelling model
+(``Florence2Labels``) names regions the published round already has, so only its
+label is judged, and only where it is sure enough (``relabel_min_confidence``);
+a human label is never replaced.  Every drop has a reason, counted in
+``filter_log`` under the step ``acceptance``.
 """
 from __future__ import annotations
 
@@ -96,17 +99,17 @@ def label_tally(anns: list[dict], refs: dict[str, dict]) -> dict[tuple[str, str]
     return tally
 
 
-def dispute_tally(anns: list[dict], refs: dict[str, dict], models: set[str]) -> dict[tuple, list[int]]:
+def dispute_tally(anns: list[dict], refs: dict[str, dict], models: set[str]) -> dict[tuple, list[tuple]]:
     """Per (model, specialist, the specialist's label): on the audit slice, where the model's region and the
-    specialist's cover the same reference object with different labels, [model right, specialist right, all].
-    What a disagreement is decided on: a model's "diamond" that is right 40% of the time overall is still
-    wrong where it renames the contour specialist's crosses if, on exactly those boxes, the crosses were right
-    more often."""
+    specialist's cover the same reference object with different labels, one (model confidence, model right,
+    specialist right) per such box, surest first.  What a disagreement is decided on: a model's "diamond" that is
+    right 40% of the time overall is still wrong where it renames the contour specialist's crosses if, on
+    exactly those boxes, the crosses were right more often; and where it is sure, it may be right more often."""
     per_image: dict[str, list[dict]] = {}
     for a in anns:
         if a["kind"] == "region" and a["image_id"] in refs and a["bbox"] is not None:
             per_image.setdefault(a["image_id"], []).append(a)
-    tally: dict[tuple, list[int]] = {}
+    tally: dict[tuple, list[tuple]] = {}
     for image_id, regs in per_image.items():
         objs = refs[image_id].get("objects", [])
         for m in (r for r in regs if r["annotator"] in models):
@@ -116,11 +119,23 @@ def dispute_tally(anns: list[dict], refs: dict[str, dict], models: set[str]) -> 
                     continue
                 under = [g for g in objs if iou(m["bbox"], g["bbox"]) >= 0.5 and iou(o["bbox"], g["bbox"]) >= 0.5]
                 if under:
-                    t = tally.setdefault((m["annotator"], o["annotator"], label_key(o["text"])), [0, 0, 0])
-                    t[0] += any(label_key(g["category"]) == label_key(m["text"]) for g in under)
-                    t[1] += any(label_key(g["category"]) == label_key(o["text"]) for g in under)
-                    t[2] += 1
-    return tally
+                    tally.setdefault((m["annotator"], o["annotator"], label_key(o["text"])), []).append(
+                        (float(m["confidence"] or 0.0),
+                         int(any(label_key(g["category"]) == label_key(m["text"]) for g in under)),
+                         int(any(label_key(g["category"]) == label_key(o["text"]) for g in under))))
+    return {k: sorted(v, reverse=True) for k, v in tally.items()}
+
+
+def overrule_threshold(cases: list[tuple]) -> tuple[float | None, int]:
+    """(the confidence from which the model's label wins, its net gain on the slice): the threshold whose
+    disputes at or above it have the most model-right minus specialist-right boxes, the surer one on a tie;
+    (None, best net) where no threshold gains.  ``cases``: ``dispute_tally``'s, surest first."""
+    best, best_net, net = None, 0, 0
+    for k, (conf, mine, theirs) in enumerate(cases):
+        net += mine - theirs
+        if net > best_net and (k + 1 == len(cases) or cases[k + 1][0] < conf):  # a threshold takes all ties
+            best, best_net = conf, net
+    return best, best_net
 
 
 def label_precision(tally: dict[tuple[str, str], list[int]]) -> dict[str, float]:
@@ -142,11 +157,23 @@ class Calibration:
     label_prior: float = 10.0
     disputes: dict = dataclasses.field(default_factory=dict)  # dispute_tally of the slice
 
-    def loses_disputes(self, model: str, specialist: str, label) -> bool:
-        """Whether ``model``, where it named the same boxes otherwise, was right no more often than ``specialist``
-        saying ``label`` (no such boxes on the slice: no evidence against it)."""
-        mine, theirs, _ = self.disputes.get((model, specialist, label_key(label)), (0, 0, 0))
-        return mine <= theirs and mine + theirs > 0
+    def kept_by(self, model: str, label, confidence: float | None, specialist: str, their_label) -> str | None:
+        """Why ``specialist``'s ``their_label`` stays where ``model`` says ``label`` on the same box (None: the
+        model's label wins).  Where the slice has disputes between exactly these two on that label with a right
+        answer, they decide: the model wins from their ``overrule_threshold`` on; otherwise the claims do."""
+        cases = self.disputes.get((model, specialist, label_key(their_label)), [])
+        if any(mine or theirs for _, mine, theirs in cases):
+            t, _ = overrule_threshold(cases)
+            return None if t is not None and (confidence or 0.0) >= t else "label_kept_by_disputes"
+        return None if self.claim(model, label) > self.claim(specialist, their_label) else "label_kept_by_specialist"
+
+    def dispute_summary(self) -> str:
+        parts = []
+        for (m, sp, lab), cases in sorted(self.disputes.items()):
+            t, net = overrule_threshold(cases)
+            parts.append(f"{m} vs {sp} {lab} {sum(c[1] for c in cases)}/{sum(c[2] for c in cases)}/{len(cases)}"
+                         + (f" (overrules from confidence {t:.3f}: +{net})" if t is not None else ""))
+        return " ".join(parts) or "none on the slice"
 
     def claim(self, annotator: str, label) -> float:
         """How often ``annotator`` is right when it names a region ``label``, shrunk towards its overall rate."""
@@ -179,17 +206,15 @@ def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConf
         return "relabel_agrees"  # the region keeps its own row (and provenance)
     if any(o["annotator"].startswith("human:") for _, o in covering):
         return "label_kept_by_human"
-    mine = cal.claim(r["annotator"], r["text"])
     if not covering:
         # the specialist row this box came from was overruled in an earlier round: the label stays the
         # model's while the model is at least as precise as every specialist on the slice
         rivals = [p for a, p in cal.label_precision.items() if a not in models and not a.startswith("human:")]
-        if rivals and mine < max(rivals):
+        if rivals and cal.claim(r["annotator"], r["text"]) < max(rivals):
             return "relabel_less_precise"
-    elif not all(mine > cal.claim(o["annotator"], o["text"]) for _, o in covering):
-        return "label_kept_by_specialist"
-    elif any(cal.loses_disputes(r["annotator"], o["annotator"], o["text"]) for _, o in covering):
-        return "label_kept_by_disputes"
+    kept = [k for _, o in covering if (k := cal.kept_by(r["annotator"], r["text"], r["confidence"], o["annotator"], o["text"]))]
+    if kept:
+        return kept[0]
     if (r["confidence"] or 0.0) < cfg.relabel_min_confidence:
         return "relabel_unsure"
     for j, _ in covering:
@@ -220,9 +245,8 @@ def _decide(models: frozenset, relabelers: frozenset, cal: Calibration, cfg: Acc
             if r["kind"] == "region":
                 rivals = [(j, o) for j, o in others if o["kind"] == "region" and not o["annotator"].startswith("human:")
                           and label_key(o["text"]) != label_key(r["text"]) and iou(r["bbox"], o["bbox"]) >= 0.5]
-                mine = cal.claim(r["annotator"], r["text"])
-                if rivals and all(mine > cal.claim(o["annotator"], o["text"])
-                                  and not cal.loses_disputes(r["annotator"], o["annotator"], o["text"]) for _, o in rivals):
+                if rivals and not any(cal.kept_by(r["annotator"], r["text"], r["confidence"], o["annotator"], o["text"])
+                                      for _, o in rivals):
                     for j, _ in rivals:
                         reasons[j] = "label_overruled_by_model"
                     continue

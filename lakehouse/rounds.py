@@ -241,8 +241,7 @@ def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
         + "; ".join(f"{a}: " + " ".join(f"{lab} {h}/{n}" for (b, lab), (h, n) in sorted(cal.by_label.items()) if b == a)
                     for a in sorted(cal.label_precision))
         + "; where a model renamed a specialist's label (model right/specialist right/all): "
-        + (" ".join(f"{m} vs {sp} {lab} {a}/{b}/{n}" for (m, sp, lab), (a, b, n) in sorted(cal.disputes.items()))
-           or "none on the slice"))
+        + cal.dispute_summary())
     marked = apply_acceptance(anns, models, cal, cfg.acceptance, relabelers).persist()  # counted, then filtered: decide once
     drops = (marked.filter(F.col("drop_reason").isNotNull())
              .groupBy(F.lit("acceptance").alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))

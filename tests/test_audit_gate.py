@@ -175,7 +175,7 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
     crosses, and loses where the specialist's claim ("circle", 80 of 80) is the surer one."""
     import pandas as pd
 
-    from lakehouse.acceptance import Calibration, _decide, dispute_tally, label_precision
+    from lakehouse.acceptance import Calibration, _decide, dispute_tally, label_precision, overrule_threshold
 
     tally = {("contours", "circle"): [80, 80], ("contours", "cross"): [5, 20],
              ("labels", "star"): [18, 20], ("labels", "hexagon"): [24, 40],
@@ -183,16 +183,16 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
     overall = label_precision(tally)
     assert overall["contours"] == 0.85 and overall["labels"] == 0.7
 
-    def region(annotator, text, box, image="a"):
+    def region(annotator, text, box, image="a", confidence=0.9):
         return {"image_id": image, "annotator": annotator, "kind": "region", "text": text, "bbox": box,
-                "confidence": 0.9}
+                "confidence": confidence}
 
     rows = pd.DataFrame([region("contours", "cross", [0, 0, 10, 10]), region("labels", "star", [0, 0, 10, 10]),
                          region("contours", "circle", [20, 20, 30, 30]), region("labels", "hexagon", [20, 20, 30, 30]),
                          region("contours", "cross", [40, 40, 50, 50]), region("model", "star", [40, 41, 50, 50])])
 
-    def decide(prior):
-        cal = Calibration({}, overall, {}, tally, prior)
+    def decide(prior, disputes=None, rows=rows):
+        cal = Calibration({}, overall, {}, tally, prior, disputes or {})
         return list(_decide(frozenset({"labels", "model"}), frozenset({"labels"}), cal, AcceptanceConfig(), rows)
                     .drop_reason)
 
@@ -203,19 +203,31 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
                             None, "model_uncalibrated_no_agreement"]
 
     # on the slice's boxes where the relabeller renamed the specialist's crosses, the crosses were right more
-    # often: they stay there (the other model won its disputes and still overrules)
-    disputes = dispute_tally([region("contours", "cross", [0, 0, 10, 10], "s"), region("labels", "star", [0, 0, 10, 10], "s"),
+    # often (2 of 3) except where the relabeller was surest (0.95): it overrules from there on, not below (the
+    # other model won its disputes and still overrules)
+    disputes = dispute_tally([region("contours", "cross", [0, 0, 10, 10], "s"), region("labels", "star", [0, 0, 10, 10], "s", 0.95),
                               region("human:oi", "star", [0, 0, 10, 10], "s"), region("model", "star", [0, 0, 9, 10], "s"),
-                              region("contours", "cross", [0, 0, 10, 10], "t"), region("labels", "star", [0, 1, 10, 10], "t"),
-                              region("labels", "star", [0, 1, 10, 10], "u"), region("contours", "cross", [0, 0, 10, 10], "u")],
+                              region("contours", "cross", [0, 0, 10, 10], "t"), region("labels", "star", [0, 1, 10, 10], "t", 0.6),
+                              region("labels", "star", [0, 1, 10, 10], "u", 0.7), region("contours", "cross", [0, 0, 10, 10], "u")],
                              {"s": {"objects": [{"category": "star", "bbox": [0, 0, 10, 10]}]},
                               "t": {"objects": [{"category": "cross", "bbox": [0, 0, 10, 10]}]},
                               "u": {"objects": [{"category": "crosses", "bbox": [0, 0, 10, 10]}]}}, {"labels", "model"})
-    assert disputes == {("labels", "contours", "cross"): [1, 2, 3], ("model", "contours", "cross"): [1, 0, 1]}
-    cal = Calibration({}, overall, {}, tally, 10.0, disputes)
-    assert list(_decide(frozenset({"labels", "model"}), frozenset({"labels"}), cal, AcceptanceConfig(), rows)
-                .drop_reason) == [None, "label_kept_by_disputes", None, "label_kept_by_specialist",
-                                  "label_overruled_by_model", None]
+    assert disputes == {("labels", "contours", "cross"): [(0.95, 1, 0), (0.7, 0, 1), (0.6, 0, 1)],
+                        ("model", "contours", "cross"): [(0.9, 1, 0)]}
+    assert decide(10.0, disputes) == [None, "label_kept_by_disputes", None, "label_kept_by_specialist",
+                                      "label_overruled_by_model", None]
+    sure = rows.assign(confidence=[0.9, 0.96, 0.9, 0.9, 0.9, 0.9])
+    assert decide(10.0, disputes, sure) == ["label_overruled_by_model", None, None, "label_kept_by_specialist",
+                                            "label_overruled_by_model", None]
+    # the threshold is the one that gains most on the slice, taking ties of confidence together; none gains: never
+    assert overrule_threshold([(0.8, 1, 0), (0.8, 0, 1), (0.5, 1, 0), (0.4, 0, 1)]) == (0.5, 1)
+    assert overrule_threshold([(0.9, 0, 1), (0.3, 1, 0)]) == (None, 0)
+    never = {("labels", "contours", "cross"): [(0.9, 0, 1), (0.3, 1, 0)]}
+    assert decide(10.0, never, sure)[:2] == [None, "label_kept_by_disputes"]
+    # disputes are the nearer evidence: where the relabeller won them, its "hexagon" takes circles whose claim is surer
+    assert decide(10.0, {("labels", "contours", "circle"): [(0.9, 1, 0)]})[2:4] == ["label_overruled_by_model", None]
+    # disputes where neither label is right are no evidence: the claims decide
+    assert decide(10.0, {("labels", "contours", "cross"): [(0.9, 0, 0)]}) == decide(10.0)
 
 
 def test_label_claims_land_in_rounds_and_distrusted_labels_are_not_taught(spark, world):
