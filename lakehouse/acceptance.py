@@ -44,8 +44,7 @@ class AcceptanceConfig:
     target_precision: float = 0.9   # per kind, on the audit slice
     min_support: int = 5            # fewer audited model annotations at a threshold: it does not count
     caption_precision: float = 0.8  # a caption is right when this share of its words is in the reference's
-    relabel_min_confidence: float = 0.5  # a model's label replaces a specialist's only this sure (and above the
-                                         # region confidence filter, so the region is not lost to it)
+    relabel_min_confidence: float = 0.5  # a model's label replaces a specialist's only this sure
     label_prior: float = 10.0       # a label's precision counts this many audited regions at the annotator's
                                     # overall precision (shrinkage: few audited claims stay near the overall)
 

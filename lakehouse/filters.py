@@ -6,6 +6,8 @@ Steps, in order:
    too many tokens for their granularity, no noun phrase, mostly non-alphabetic)
    are dropped; region/word/class labels on the grounding blacklist or empty are dropped.
 2. ``confidence``: a per-kind minimum confidence (human labels carry 1.0).
+   Then, in a round with a model, ``acceptance`` (``lakehouse.acceptance``): it comes after
+   the per-row steps, so that no model annotation one of them drops overrules a specialist's.
 3. ``shapes``: a machine-read word of at most two characters (or with no letter or digit)
    whose box overlaps a region is an OCR engine reading a shape (a cross as ``+``, a star
    as ``★``); it is dropped.  Human words are kept.
@@ -134,8 +136,9 @@ def _image_step(cfg: FilterConfig, pdf):
     return pdf.assign(drop_reason=reasons)
 
 
-def apply_filters(df: DataFrame, cfg: FilterConfig = FilterConfig()) -> tuple[DataFrame, DataFrame]:
-    """Return (kept annotations, counts per step/kind/annotator/reason)."""
+def apply_filters(df: DataFrame, cfg: FilterConfig = FilterConfig(), accept=None) -> tuple[DataFrame, DataFrame]:
+    """Return (kept annotations, counts per step/kind/annotator/reason).  ``accept``: the round's acceptance
+    step, annotations -> the same with a ``drop_reason`` column, run between the per-row and per-image steps."""
     schema = TABLES["silver_annotations"].schema
     with_reason = T.StructType(schema.fields + [T.StructField("drop_reason", T.StringType())])
     drops = []
@@ -152,6 +155,8 @@ def apply_filters(df: DataFrame, cfg: FilterConfig = FilterConfig()) -> tuple[Da
     thr = F.create_map(*[x for k, v in cfg.min_confidence.items() for x in (F.lit(k), F.lit(float(v)))])
     low = F.coalesce(F.col("confidence"), F.lit(1.0)) < F.coalesce(thr[F.col("kind")], F.lit(0.0))
     cur = split("confidence", cur.withColumn("drop_reason", F.when(low, F.lit("below_confidence"))))
+    if accept is not None:
+        cur = split("acceptance", accept(cur))
     per_image = cur.groupBy("image_id").applyInPandas(functools.partial(_image_step, cfg), with_reason)
     cur = split(F.when(F.col("drop_reason") == "word_is_a_shape", F.lit("shapes")).otherwise(F.lit("nms")), per_image)
     # a window, not a join with the per-image counts: Spark broadcast those few rows, and computing them

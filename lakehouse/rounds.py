@@ -226,27 +226,28 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
     return carried.unionByName(split_errors(raw)[0]), specialists, raw
 
 
-def _accept(anns, ref: dict, specialists, cfg: RoundConfig, log):
-    """Model annotations pass only where calibrated on the audit slice or confirmed (lakehouse.acceptance)."""
+def _acceptance(ref: dict, specialists, cfg: RoundConfig, log):
+    """The round's acceptance step for ``apply_filters`` (None: no model among the specialists): model
+    annotations pass only where calibrated on the audit slice or confirmed (lakehouse.acceptance)."""
     models = {s.name for s in specialists if s.is_model}
     relabelers = {s.name for s in specialists if s.relabels}
     if not models:
-        return anns, []
-    audited = [r.asDict() for r in anns.filter(F.col("image_id").isin(sorted(ref))).collect()] if ref else []
-    cal = calibrate_models(audited, ref, models, cfg.acceptance)
-    log(f"[round {cfg.round}] acceptance thresholds (target precision {cfg.acceptance.target_precision}): "
-        f"{cal.summary()}; label precision on the audit slice: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal.label_precision.items()))
-        + "; by label claimed (right/all): "
-        + "; ".join(f"{a}: " + " ".join(f"{lab} {h}/{n}" for (b, lab), (h, n) in sorted(cal.by_label.items()) if b == a)
-                    for a in sorted(cal.label_precision))
-        + "; where a model renamed a specialist's label (model right/specialist right/all): "
-        + cal.dispute_summary())
-    marked = apply_acceptance(anns, models, cal, cfg.acceptance, relabelers).persist()  # counted, then filtered: decide once
-    drops = (marked.filter(F.col("drop_reason").isNotNull())
-             .groupBy(F.lit("acceptance").alias("step"), "kind", "annotator", F.col("drop_reason").alias("reason"))
-             .agg(F.count("*").alias("removed")).collect())
-    return marked.filter(F.col("drop_reason").isNull()).drop("drop_reason"), drops
+        return None
+
+    def accept(anns):
+        audited = [r.asDict() for r in anns.filter(F.col("image_id").isin(sorted(ref))).collect()] if ref else []
+        cal = calibrate_models(audited, ref, models, cfg.acceptance)
+        log(f"[round {cfg.round}] acceptance thresholds (target precision {cfg.acceptance.target_precision}): "
+            f"{cal.summary()}; label precision on the audit slice: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal.label_precision.items()))
+            + "; by label claimed (right/all): "
+            + "; ".join(f"{a}: " + " ".join(f"{lab} {h}/{n}" for (b, lab), (h, n) in sorted(cal.by_label.items()) if b == a)
+                        for a in sorted(cal.label_precision))
+            + "; where a model renamed a specialist's label (model right/specialist right/all): "
+            + cal.dispute_summary())
+        return apply_acceptance(anns, models, cal, cfg.acceptance, relabelers)
+
+    return accept
 
 
 def _replace_round(root: TableRoot, name: str, df, round_: int) -> None:
@@ -273,10 +274,9 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
     _replace_round(root, "annotation_errors", errors, cfg.round)
     crash_point("round:annotated")
     ref = audit_reference(spark, root, settings, cfg.gate.audit.fraction)
-    accepted, accept_drops = _accept(anns, ref, specialists, cfg, log)
-    kept, removed = apply_filters(accepted, cfg.filters)
+    kept, removed = apply_filters(anns, cfg.filters, _acceptance(ref, specialists, cfg, log))
     kept = kept.persist()
-    removed_rows = accept_drops + removed.collect()
+    removed_rows = removed.collect()
     log(f"[round {cfg.round}] filter: kept {kept.count()}, removed {sum(r['removed'] for r in removed_rows)}")
     # silver holds the round's filtered annotations; one atomic replace of the round's slice (rerun-safe)
     _replace_round(root, "silver_annotations", kept, cfg.round)

@@ -30,6 +30,15 @@ class OracleModel(_FromTruth):
                  "bbox": o["bbox"], "confidence": 0.95} for o in self.objects(image_id)]
 
 
+class UnsureOracle(OracleModel):
+    """Always right, and too unsure for the round's region confidence filter."""
+
+    name = "unsure"
+
+    def annotate(self, image, image_id):
+        return [dict(r, confidence=0.1) for r in super().annotate(image, image_id)]
+
+
 class LiarModel(_FromTruth):
     """A model that is always wrong, and sure of itself: another category, in the mirrored place."""
 

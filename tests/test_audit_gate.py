@@ -88,6 +88,28 @@ def test_acceptance_keeps_a_right_model_and_drops_a_wrong_one(spark, world):
     assert silver.filter(F.col("annotator") == "contours").count() > 0
 
 
+def test_a_model_region_the_confidence_filter_drops_overrules_nothing(spark, tmp_path):
+    """Acceptance runs after the per-row filters: a right but unsure model (below the region confidence
+    filter) once overruled the contour specialist's labels and was then filtered itself, so the round lost
+    those boxes."""
+    from lakehouse.config import load_settings
+
+    s = load_settings(home=tmp_path / "fld_home")
+    write_world(s.landing, s.synthetic_dir, n_images=16, seed=8, bad_inputs=False)
+    run_ingest(spark, s, log=None)
+    spark.sparkContext.addPyFile(str(Path(__file__).with_name("audit_specialists.py")))
+    root = s.tables
+    first = run_round(spark, s, RoundConfig(round=1, specialists=[{"type": "contours"}], gate=GATE), log=lambda *a: None)
+    unsure = [{"type": "python", "class": "audit_specialists:UnsureOracle", "kwargs": {"truth": _truth(s)}}]
+    second = run_round(spark, s, RoundConfig(round=2, specialists=unsure, gate=GATE), log=lambda *a: None)
+    log = {(r.step, r.annotator, r.reason): r.removed for r in read(spark, root, "filter_log").filter("round = 2").collect()}
+    assert log.get(("confidence", "unsure", "below_confidence"), 0) > 0, log
+    assert not [k for k in log if k[0] == "acceptance"], log
+    regions = read(spark, root, "silver_annotations").filter("kind = 'region'")
+    assert regions.filter("round = 2").count() == regions.filter("round = 1").count()
+    assert second["audit"]["boxes"] == first["audit"]["boxes"] and second["audit"]["regions"] == first["audit"]["regions"]
+
+
 def test_a_relabelling_model_renames_regions_only_where_it_is_right_more_often(spark, tmp_path):
     """Relabelling (``Florence2Labels``' contract): a model that names the published round's regions
     replaces the contour specialist's labels where it is better calibrated, keeps the boxes and
