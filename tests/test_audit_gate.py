@@ -88,18 +88,24 @@ def test_acceptance_keeps_a_right_model_and_drops_a_wrong_one(spark, world):
     assert silver.filter(F.col("annotator") == "contours").count() > 0
 
 
-def test_a_model_region_the_confidence_filter_drops_overrules_nothing(spark, tmp_path):
-    """Acceptance runs after the per-row filters: a right but unsure model (below the region confidence
-    filter) once overruled the contour specialist's labels and was then filtered itself, so the round lost
-    those boxes."""
+def _contours_round_one(spark, tmp_path):
+    """(settings, tables, round 1's result) of a 16-image world whose round 1 only the contour specialist
+    annotated: the labels a model can correct."""
     from lakehouse.config import load_settings
 
     s = load_settings(home=tmp_path / "fld_home")
     write_world(s.landing, s.synthetic_dir, n_images=16, seed=8, bad_inputs=False)
     run_ingest(spark, s, log=None)
     spark.sparkContext.addPyFile(str(Path(__file__).with_name("audit_specialists.py")))
-    root = s.tables
     first = run_round(spark, s, RoundConfig(round=1, specialists=[{"type": "contours"}], gate=GATE), log=lambda *a: None)
+    return s, s.tables, first
+
+
+def test_a_model_region_the_confidence_filter_drops_overrules_nothing(spark, tmp_path):
+    """Acceptance runs after the per-row filters: a right but unsure model (below the region confidence
+    filter) once overruled the contour specialist's labels and was then filtered itself, so the round lost
+    those boxes."""
+    s, root, first = _contours_round_one(spark, tmp_path)
     unsure = [{"type": "python", "class": "audit_specialists:UnsureOracle", "kwargs": {"truth": _truth(s)}}]
     second = run_round(spark, s, RoundConfig(round=2, specialists=unsure, gate=GATE), log=lambda *a: None)
     log = {(r.step, r.annotator, r.reason): r.removed for r in read(spark, root, "filter_log").filter("round = 2").collect()}
@@ -115,14 +121,7 @@ def test_a_relabelling_model_renames_regions_only_where_it_is_right_more_often(s
     replaces the contour specialist's labels where it is better calibrated, keeps the boxes and
     polygons, loses to the specialist where it is worse, and the regions it renamed stay in the
     next round although the specialist rows they replaced are gone."""
-    from lakehouse.config import load_settings
-
-    s = load_settings(home=tmp_path / "fld_home")
-    write_world(s.landing, s.synthetic_dir, n_images=16, seed=8, bad_inputs=False)
-    run_ingest(spark, s, log=None)
-    spark.sparkContext.addPyFile(str(Path(__file__).with_name("audit_specialists.py")))
-    root = s.tables
-    first = run_round(spark, s, RoundConfig(round=1, specialists=[{"type": "contours"}], gate=GATE), log=lambda *a: None)
+    s, root, first = _contours_round_one(spark, tmp_path)
     models = [{"type": "python", "class": f"audit_specialists:{c}", "kwargs": {"truth": _truth(s)}}
               for c in ("OracleLabels", "WrongLabels")]
     second = run_round(spark, s, RoundConfig(round=2, specialists=models, gate=GATE), log=lambda *a: None)
