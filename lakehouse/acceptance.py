@@ -206,8 +206,9 @@ def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConf
     if any(o["annotator"].startswith("human:") for _, o in covering):
         return "label_kept_by_human"
     if not covering:
-        # the specialist row this box came from was overruled in an earlier round: the label stays the
-        # model's while the model is at least as precise as every specialist on the slice
+        # the specialist row this box came from was overruled in an earlier round: this model's label
+        # replaces that round's only while the model is at least as precise as every specialist on the slice
+        # (dropped, the box keeps the earlier label: rounds._keep_earlier_labels)
         rivals = [p for a, p in cal.label_precision.items() if a not in models and not a.startswith("human:")]
         if rivals and cal.claim(r["annotator"], r["text"]) < max(rivals):
             return "relabel_less_precise"

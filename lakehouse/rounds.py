@@ -191,8 +191,9 @@ def _images(spark, root: TableRoot, cfg: RoundConfig):
 
 
 def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
-    """(annotations, specialists, raw specialist output with its error rows); the raw output is
-    persisted so that annotations and errors come from one run of the specialists."""
+    """(annotations, specialists, raw specialist output with its error rows, the published round's labels of
+    this round's relabellers or None); the raw output is persisted so that annotations and errors come from
+    one run of the specialists."""
     images = _images(spark, root, cfg)
     if cfg.round == 1:
         specialists = from_config(cfg.specialists)
@@ -201,7 +202,7 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
         human = human_annotations(spark, root, 1).filter(~audit.audit_column(cfg.gate.audit.fraction))
         raw = run_specialists(images, specialists, 1).persist()
         anns = split_errors(raw)[0].unionByName(human.join(images.select("image_id"), "image_id", "left_semi"))
-        return anns, specialists, raw
+        return anns, specialists, raw, None
     if not cfg.model and not cfg.specialists:
         raise ValueError(f"round {cfg.round} needs --model (the Florence-2 model trained on round {cfg.round - 1}) "
                          "or specialists to refine with")
@@ -221,9 +222,20 @@ def _annotate(spark, root: TableRoot, cfg: RoundConfig, log):
     regions = region_lists(prev.filter(~F.col("annotator").startswith("human:")))
     raw = run_specialists(images, specialists, cfg.round, regions).persist()
     # an annotator that runs again replaces what it said last round
-    carried = (prev.filter(~F.col("annotator").isin([sp.name for sp in specialists]))
-               .withColumn("round", F.lit(cfg.round)).join(images.select("image_id"), "image_id", "left_semi"))
-    return carried.unionByName(split_errors(raw)[0]), specialists, raw
+    this_round = prev.withColumn("round", F.lit(cfg.round)).join(images.select("image_id"), "image_id", "left_semi")
+    carried = this_round.filter(~F.col("annotator").isin([sp.name for sp in specialists]))
+    earlier = this_round.filter(F.col("annotator").isin([sp.name for sp in specialists if sp.relabels])
+                                & (F.col("kind") == "region"))
+    return carried.unionByName(split_errors(raw)[0]), specialists, raw, earlier
+
+
+def _keep_earlier_labels(kept, earlier):
+    """A box an earlier round renamed keeps that label unless this round's naming of it was accepted: the
+    specialist row it replaced is gone, so dropping the new label alone would drop the box."""
+    if earlier is None:
+        return kept
+    return kept.unionByName(earlier.join(kept.select("image_id", "annotator", "bbox"),
+                                         ["image_id", "annotator", "bbox"], "left_anti"))
 
 
 def _acceptance(ref: dict, specialists, cfg: RoundConfig, log):
@@ -263,7 +275,7 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
     root = settings.tables
     ensure_tables(spark, root)
     t0 = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    anns, specialists, raw = _annotate(spark, root, cfg, log)
+    anns, specialists, raw, earlier = _annotate(spark, root, cfg, log)
     anns = anns.persist()
     errors = split_errors(raw)[1]
     n_images = _images(spark, root, cfg).count()
@@ -275,7 +287,7 @@ def _run_round(spark, settings: Settings, cfg: RoundConfig, log) -> dict:
     crash_point("round:annotated")
     ref = audit_reference(spark, root, settings, cfg.gate.audit.fraction)
     kept, removed = apply_filters(anns, cfg.filters, _acceptance(ref, specialists, cfg, log))
-    kept = kept.persist()
+    kept = _keep_earlier_labels(kept, earlier).persist()
     removed_rows = removed.collect()
     log(f"[round {cfg.round}] filter: kept {kept.count()}, removed {sum(r['removed'] for r in removed_rows)}")
     # silver holds the round's filtered annotations; one atomic replace of the round's slice (rerun-safe)

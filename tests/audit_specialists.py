@@ -69,6 +69,10 @@ class _Relabels(_FromTruth):
 
     is_model, takes_regions, relabels = True, True, True
 
+    def __init__(self, truth: str, confidence: float = 0.95):
+        super().__init__(truth)
+        self.confidence = confidence
+
     def annotate(self, image, image_id, regions=None):
         from florence2.geometry import iou
 
@@ -77,7 +81,7 @@ class _Relabels(_FromTruth):
             best = max(self.objects(image_id), key=lambda o: iou(o["bbox"], r["bbox"]), default=None)
             if best is not None and iou(best["bbox"], r["bbox"]) >= 0.5:
                 out.append({"kind": "region", "text": self.label(best), "bbox": r["bbox"],
-                            "polygons": r["polygons"], "confidence": 0.95})
+                            "polygons": r["polygons"], "confidence": self.confidence})
         return out
 
 

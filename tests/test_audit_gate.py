@@ -142,6 +142,12 @@ def test_a_relabelling_model_renames_regions_only_where_it_is_right_more_often(s
     assert third["audit"]["regions"] == second["audit"]["regions"]
     assert read(spark, root, "silver_annotations").filter("round = 3 AND annotator = 'oracle_labels'").count() \
         == renamed.count()
+    # the same relabeller, now too unsure for the region filter: the boxes it renamed keep their labels
+    unsure = [{"type": "python", "class": "audit_specialists:OracleLabels", "kwargs": {"truth": _truth(s), "confidence": 0.1}}]
+    fourth = run_round(spark, s, RoundConfig(round=4, specialists=unsure, gate=GATE), log=lambda *a: None)
+    assert fourth["audit"]["regions"] == third["audit"]["regions"] and fourth["audit"]["boxes"] == third["audit"]["boxes"]
+    assert read(spark, root, "silver_annotations").filter("round = 4 AND annotator = 'oracle_labels'").count() \
+        == renamed.count()
 
 
 def test_calibration_finds_the_threshold_for_the_target_precision():
