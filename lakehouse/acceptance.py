@@ -42,7 +42,8 @@ CAPTION_LEVELS = {"caption_brief": "brief", "caption_detailed": "detailed", "cap
 @dataclass(frozen=True)
 class AcceptanceConfig:
     target_precision: float = 0.9   # per kind, on the audit slice
-    min_support: int = 5            # fewer audited model annotations at a threshold: it does not count
+    min_support: int = 5            # fewer audited model annotations (or decided disputes) at a threshold: it
+                                    # does not count
     caption_precision: float = 0.8  # a caption is right when this share of its words is in the reference's
     relabel_min_confidence: float = 0.5  # a model's label replaces a specialist's only this sure
     label_prior: float = 10.0       # a label's precision counts this many audited regions at the annotator's
@@ -125,14 +126,18 @@ def dispute_tally(anns: list[dict], refs: dict[str, dict], models: set[str]) -> 
     return {k: sorted(v, reverse=True) for k, v in tally.items()}
 
 
-def overrule_threshold(cases: list[tuple]) -> tuple[float | None, int]:
+def overrule_threshold(cases: list[tuple], min_support: int = 1) -> tuple[float | None, int]:
     """(the confidence from which the model's label wins, its net gain on the slice): the threshold whose
     disputes at or above it have the most model-right minus specialist-right boxes, the surer one on a tie;
-    (None, best net) where no threshold gains.  ``cases``: ``dispute_tally``'s, surest first."""
-    best, best_net, net = None, 0, 0
+    (None, 0) where no threshold gains.  A threshold counts only with ``min_support`` disputes at or above it
+    that either side got right: the best of many thresholds over a few boxes is noise.  ``cases``:
+    ``dispute_tally``'s, surest first."""
+    best, best_net, net, decided = None, 0, 0, 0
     for k, (conf, mine, theirs) in enumerate(cases):
         net += mine - theirs
-        if net > best_net and (k + 1 == len(cases) or cases[k + 1][0] < conf):  # a threshold takes all ties
+        decided += bool(mine or theirs)
+        if (net > best_net and decided >= min_support
+                and (k + 1 == len(cases) or cases[k + 1][0] < conf)):  # a threshold takes all ties
             best, best_net = conf, net
     return best, best_net
 
@@ -155,6 +160,7 @@ class Calibration:
     by_label: dict = dataclasses.field(default_factory=dict)  # (annotator, label) -> [right, all] on the slice
     label_prior: float = 10.0
     disputes: dict = dataclasses.field(default_factory=dict)  # dispute_tally of the slice
+    min_support: int = 1        # decided disputes a threshold needs (overrule_threshold)
 
     def kept_by(self, model: str, label, confidence: float | None, specialist: str, their_label) -> str | None:
         """Why ``specialist``'s ``their_label`` stays where ``model`` says ``label`` on the same box (None: the
@@ -162,14 +168,14 @@ class Calibration:
         answer, they decide: the model wins from their ``overrule_threshold`` on; otherwise the claims do."""
         cases = self.disputes.get((model, specialist, label_key(their_label)), [])
         if any(mine or theirs for _, mine, theirs in cases):
-            t, _ = overrule_threshold(cases)
+            t, _ = overrule_threshold(cases, self.min_support)
             return None if t is not None and (confidence or 0.0) >= t else "label_kept_by_disputes"
         return None if self.claim(model, label) > self.claim(specialist, their_label) else "label_kept_by_specialist"
 
     def dispute_summary(self) -> str:
         parts = []
         for (m, sp, lab), cases in sorted(self.disputes.items()):
-            t, net = overrule_threshold(cases)
+            t, net = overrule_threshold(cases, self.min_support)
             parts.append(f"{m} vs {sp} {lab} {sum(c[1] for c in cases)}/{sum(c[2] for c in cases)}/{len(cases)}"
                          + (f" (overrules from confidence {t:.3f}: +{net})" if t is not None else ""))
         return " ".join(parts) or "none on the slice"
@@ -195,7 +201,7 @@ def calibrate_models(audit_anns: list[dict], refs: dict[str, dict], models: set[
     tally = label_tally(audit_anns, refs)
     return Calibration({k: calibrate(v, cfg) for k, v in groups.items()}, label_precision(tally),
                        {k: len(v) for k, v in groups.items()}, tally, cfg.label_prior,
-                       dispute_tally(audit_anns, refs, models))
+                       dispute_tally(audit_anns, refs, models), cfg.min_support)
 
 
 def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConfig, reasons) -> str | None:

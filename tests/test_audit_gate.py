@@ -249,6 +249,10 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
     # the threshold is the one that gains most on the slice, taking ties of confidence together; none gains: never
     assert overrule_threshold([(0.8, 1, 0), (0.8, 0, 1), (0.5, 1, 0), (0.4, 0, 1)]) == (0.5, 1)
     assert overrule_threshold([(0.9, 0, 1), (0.3, 1, 0)]) == (None, 0)
+    # a threshold needs that many decided disputes at or above it (one lucky box is not evidence)
+    lucky = [(0.95, 1, 0), (0.9, 0, 0), (0.8, 0, 1), (0.7, 1, 0), (0.6, 1, 0), (0.5, 1, 0)]
+    assert overrule_threshold(lucky) == (0.5, 3) and overrule_threshold(lucky, 5) == (0.5, 3)
+    assert overrule_threshold(lucky[:2], 2) == (None, 0) and overrule_threshold(lucky[:3], 2) == (None, 0)
     never = {("labels", "contours", "cross"): [(0.9, 0, 1), (0.3, 1, 0)]}
     assert decide(10.0, never, sure)[:2] == [None, "label_kept_by_disputes"]
     # disputes are the nearer evidence: where the relabeller won them, its "hexagon" takes circles whose claim is surer
