@@ -13,8 +13,8 @@ boxes where exactly these two annotators disagreed about that label decide
 (``dispute_tally``): the model's label wins from the confidence on which it was
 right more often than the specialist there (``overrule_threshold``), so a
 relabeller that is wrong about most of the contour specialist's crosses still
-takes the ones it is sure of, if it was right about those.  Where the slice has no
-such box with a right answer, claims decide: a claim is an annotator saying a
+takes the ones it is sure of, if it was right about those.  Where the slice has fewer
+than ``min_support`` such boxes with a right answer, claims decide: a claim is an annotator saying a
 label, and the one right more often on the slice wins (each label's precision is
 shrunk towards the annotator's overall one, ``label_prior`` audited regions'
 worth, so a rare label does not swing it).  A relabelling model
@@ -164,10 +164,11 @@ class Calibration:
 
     def kept_by(self, model: str, label, confidence: float | None, specialist: str, their_label) -> str | None:
         """Why ``specialist``'s ``their_label`` stays where ``model`` says ``label`` on the same box (None: the
-        model's label wins).  Where the slice has disputes between exactly these two on that label with a right
-        answer, they decide: the model wins from their ``overrule_threshold`` on; otherwise the claims do."""
+        model's label wins).  Where the slice has ``min_support`` disputes between exactly these two on that
+        label with a right answer, they decide: the model wins from their ``overrule_threshold`` on; with fewer,
+        the claims do."""
         cases = self.disputes.get((model, specialist, label_key(their_label)), [])
-        if any(mine or theirs for _, mine, theirs in cases):
+        if sum(bool(mine or theirs) for _, mine, theirs in cases) >= self.min_support:
             t, _ = overrule_threshold(cases, self.min_support)
             return None if t is not None and (confidence or 0.0) >= t else "label_kept_by_disputes"
         return None if self.claim(model, label) > self.claim(specialist, their_label) else "label_kept_by_specialist"

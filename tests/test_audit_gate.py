@@ -218,8 +218,8 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
                          region("contours", "circle", [20, 20, 30, 30]), region("labels", "hexagon", [20, 20, 30, 30]),
                          region("contours", "cross", [40, 40, 50, 50]), region("model", "star", [40, 41, 50, 50])])
 
-    def decide(prior, disputes=None, rows=rows):
-        cal = Calibration({}, overall, {}, tally, prior, disputes or {})
+    def decide(prior, disputes=None, rows=rows, min_support=1):
+        cal = Calibration({}, overall, {}, tally, prior, disputes or {}, min_support)
         return list(_decide(frozenset({"labels", "model"}), frozenset({"labels"}), cal, AcceptanceConfig(), rows)
                     .drop_reason)
 
@@ -257,7 +257,8 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
     assert decide(10.0, never, sure)[:2] == [None, "label_kept_by_disputes"]
     # disputes are the nearer evidence: where the relabeller won them, its "hexagon" takes circles whose claim is surer
     assert decide(10.0, {("labels", "contours", "circle"): [(0.9, 1, 0)]})[2:4] == ["label_overruled_by_model", None]
-    # disputes where neither label is right are no evidence: the claims decide
+    # disputes where neither label is right are no evidence, and fewer than min_support are too few: the claims decide
+    assert decide(10.0, {("labels", "contours", "circle"): [(0.9, 1, 0)]}, min_support=2) == decide(10.0)
     assert decide(10.0, {("labels", "contours", "cross"): [(0.9, 0, 0)]}) == decide(10.0)
 
 
