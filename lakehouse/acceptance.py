@@ -219,9 +219,9 @@ def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConf
         rivals = [p for a, p in cal.label_precision.items() if a not in models and not a.startswith("human:")]
         if rivals and cal.claim(r["annotator"], r["text"]) < max(rivals):
             return "relabel_less_precise"
-    kept = [k for _, o in covering if (k := cal.kept_by(r["annotator"], r["text"], r["confidence"], o["annotator"], o["text"]))]
-    if kept:
-        return kept[0]
+    for _, o in covering:
+        if kept := cal.kept_by(r["annotator"], r["text"], r["confidence"], o["annotator"], o["text"]):
+            return kept
     if (r["confidence"] or 0.0) < cfg.relabel_min_confidence:
         return "relabel_unsure"
     for j, _ in covering:
