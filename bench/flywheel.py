@@ -29,14 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lakehouse.rounds import GateFailed, RoundConfig, round_history, run_round  # noqa: E402
-from lakehouse.training import run_training  # noqa: E402
-from world import LEARNED, REPORT_MIXTURE, budget_config, world_at_round_one  # noqa: E402
+from lakehouse.training import LEARNED, ROUND_MIXTURE, run_training  # noqa: E402
+from world import budget_config, world_at_round_one  # noqa: E402
 from lakehouse.tables import read  # noqa: E402
 from quality.audit import FAMILIES, score  # noqa: E402
-
-
-# what the round's model answers: the report's tasks and the region names it relabels with
-ROUND_MIXTURE = REPORT_MIXTURE | {"<REGION_TO_CATEGORY>": 2.0}
 
 
 def main():

@@ -28,9 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from florence2.recipe import parse_first  # noqa: E402
-from world import REPORT_MIXTURE  # noqa: E402
+from lakehouse.training import LEARNING_MIXTURE  # noqa: E402
 
-MIXTURE = dict(REPORT_MIXTURE)  # --weight changes it
+MIXTURE = dict(LEARNING_MIXTURE)  # --weight changes it
 VAL_SEED = 42  # the validation scenes: other scenes than any training world's (seeds 0 and 41)
 
 

@@ -2,14 +2,6 @@
 the recipe config of a time-budgeted training run."""
 from __future__ import annotations
 
-from florence2.tasks import TASKS
-
-# concentrate a small budget on the tasks the learning report scores
-REPORT_MIXTURE = {t: 0.0 for t in TASKS} | {"<OD>": 2.0, "<CAPTION>": 1.0, "<DETAILED_CAPTION>": 1.0,
-                                            "<CAPTION_TO_PHRASE_GROUNDING>": 2.0, "<OCR_WITH_REGION>": 2.0, "<OCR>": 1.0}
-# the recipe settings of the best CPU learning figures (bench/results/learning_report_od9_one_schedule*.md)
-LEARNED = ("lr=0.002", "warmup_steps=150", "region_prompts=true")
-
 
 def world_at_round_one(home, images: int, app: str):
     """(settings, spark) of a home where ``images`` synthetic scenes are in bronze and round 1 is published;

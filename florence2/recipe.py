@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import time
 from pathlib import Path
 
@@ -84,6 +85,8 @@ class Config:
                                           # large one sees flat colour
     scratch_positions: str = "bins"       # florence2.modeling.init_for_scratch: grid | bins
     vision_lr_scale: float = 1.0          # the vision tower's and projector's rate, as a multiple of lr
+    augment: str = "none"                 # each <OD> example takes a random symmetry of its image and boxes
+                                          # (florence2.augment): none | hflip | dihedral
 
 
 def parse_first(text: str, minutes: float | None, tasks) -> tuple[list[str], float]:
@@ -433,18 +436,25 @@ def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | 
     return total, ce
 
 
-def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc_range, device: str):
+def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc_range, device: str,
+                  symmetries: list[int] | None = None):
     """(inputs, region targets) on ``device``: token ids padded to a multiple of ``cfg.pad_multiple``
     (fewer distinct shapes for a compiled model), region targets built on the host, then one
-    non-blocking copy (from pinned memory on CUDA)."""
+    non-blocking copy (from pinned memory on CUDA).  ``symmetries``: one ``florence2.augment`` symmetry
+    per example (0: as it is; others only for ``<OD>`` examples)."""
     import torch
 
+    from florence2 import augment
     from florence2.tokenization import head_tokens
 
     if isinstance(pixels, list):  # decoded images: resize and normalise here (as tensors on a GPU)
         pixels = proc.preprocess_tensor(pixels, device) if device.startswith("cuda") else proc.preprocess(pixels)
+    pixels = torch.as_tensor(pixels)
+    if symmetries and any(symmetries):
+        pixels = torch.stack([augment.pixels(p, k) for p, k in zip(pixels, symmetries)])
+        targets = [augment.od_target(t, k) for t, k in zip(targets, symmetries)]
     multiple = cfg.pad_multiple or (8 if cfg.compile else 1)
-    inputs = proc.batch([], prompts, targets, pad_multiple=multiple) | {"pixel_values": torch.as_tensor(pixels)}
+    inputs = proc.batch([], prompts, targets, pad_multiple=multiple) | {"pixel_values": pixels}
     regions = None
     if loc_range is not None and _uses_regions(cfg):
         regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,
@@ -461,6 +471,16 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
 
     inputs = {k: move(v) for k, v in inputs.items()}
     return inputs, regions and {k: move(v) for k, v in regions.items()}
+
+
+def draw_symmetries(rng: random.Random, prompts: list[str], augment: str) -> list[int] | None:
+    """One ``florence2.augment`` symmetry per example: random for ``<OD>`` examples, 0 for the others
+    (their targets name no boxes, or words and positions a flip would falsify); None without augmentation."""
+    from florence2.augment import SYMMETRIES
+    from florence2.tasks import build_prompt
+
+    n, od = SYMMETRIES[augment], build_prompt("<OD>")
+    return [rng.randrange(n) if p == od else 0 for p in prompts] if n > 1 else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -490,8 +510,6 @@ def _batches_files(data: dict, cfg: Config, dist: Dist, epoch: int, proc):
             contents.append(r["content"])
     examples.sort()
     if cfg.shuffle:
-        import random
-
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(examples)
     global_b = cfg.batch_size * dist.size
 
@@ -543,10 +561,14 @@ class Recipe:
     def setup(self) -> "Recipe":
         import torch
 
-        from florence2 import modeling
+        from florence2 import augment, modeling
         from florence2.tokenization import load_tokenizer
 
         cfg, dist = self.cfg, self.dist
+        if cfg.augment not in augment.SYMMETRIES:
+            raise SystemExit(f"augment={cfg.augment!r}: expected one of {sorted(augment.SYMMETRIES)}")
+        # per rank, so ranks draw different symmetries; a resumed run draws afresh (any draw is a valid example)
+        self.aug_rng = random.Random(cfg.seed * 7919 + dist.rank)
         torch.manual_seed(cfg.seed)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cuda" and dist.hvd:
@@ -644,8 +666,9 @@ class Recipe:
         import torch
 
         cfg, dist = self.cfg, self.dist
+        symmetries = draw_symmetries(self.aug_rng, prompts, cfg.augment)
         inputs, regions = prepare_batch(self.proc, pixels, prompts, targets, cfg, self.model.config, self.loc_range,
-                                        self.device)
+                                        self.device, symmetries)
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
             total, ce = step_loss(self.model, inputs, cfg, self.loc_range, regions)
         (total / cfg.grad_accum).backward()

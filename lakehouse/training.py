@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from florence2 import recipe
+from florence2.tasks import TASKS
 from lakehouse.config import Settings
 from lakehouse.reader import petastorm_batches
 from lakehouse.spark import with_code_root
@@ -26,6 +27,14 @@ from lakehouse.spark import with_code_root
 SOURCES = {"petastorm": petastorm_batches}
 LAUNCHERS = ("local", "horovodrun", "spark")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_tiny.yaml"
+# A small CPU budget concentrated on the tasks the learning report scores; every other task weighs 0
+# (a mixture leaves a task it does not name at the default weight 1).
+LEARNING_MIXTURE = {t: 0.0 for t in TASKS} | {"<OD>": 2.0, "<CAPTION>": 1.0, "<DETAILED_CAPTION>": 1.0, "<CAPTION_TO_PHRASE_GROUNDING>": 2.0,
+                    "<OCR_WITH_REGION>": 2.0, "<OCR>": 1.0}
+# What a round's model trains on: the same, and <REGION_TO_CATEGORY>, which it answers when it relabels regions.
+ROUND_MIXTURE = LEARNING_MIXTURE | {"<REGION_TO_CATEGORY>": 2.0}
+# The recipe settings of the best CPU learning figures (bench/results/learning_report_od9_one_schedule*.md).
+LEARNED = ("lr=0.002", "warmup_steps=150", "region_prompts=true", "augment=dihedral")
 
 
 def train(cfg: recipe.Config, data: dict, dist: recipe.Dist | None = None, log=print) -> dict:

@@ -392,3 +392,55 @@ def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned, track
     client.set_model_version_tag("florence2", cand.version, "fld.eval_score", "999")
     assert promote("florence2", "models:/florence2@candidate", 0.5) is False
     assert client.get_model_version_by_alias("florence2", "champion").version == cand.version
+
+
+def test_augmentation_moves_the_od_examples_of_a_batch_and_nothing_else(pinned, tmp_path):
+    """`augment`: symmetries are drawn for <OD> examples only; the batch the model sees is the batch of the
+    moved images and targets (region supervision included), and the recipe trains with it."""
+    import io
+    import random
+
+    import torch
+    from PIL import Image
+
+    from florence2 import augment, modeling, recipe
+    from lakehouse.synthetic import synthetic_rows
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    rows = synthetic_rows(3, 5, ["<OD>", "<CAPTION>", "<OCR_WITH_REGION>"])
+    prompts, targets = [r["prompt"] for r in rows], [r["target"] for r in rows]
+    drawn = [recipe.draw_symmetries(random.Random(s), prompts, "dihedral") for s in range(20)]
+    od = [i for i, r in enumerate(rows) if r["task"] == "<OD>"]
+    assert all(d[i] == 0 for d in drawn for i in range(len(rows)) if i not in od)
+    assert {d[i] for d in drawn for i in od} == set(range(8))
+    assert {d[i] for d in (recipe.draw_symmetries(random.Random(s), prompts, "hflip") for s in range(20)) for i in od} == {0, 1}
+    assert recipe.draw_symmetries(random.Random(0), prompts, "none") is None
+
+    tok = tokenizer()
+    model, proc = modeling.create("tiny", tok)
+    cfg, loc = recipe.Config(), modeling.loc_token_range(tok)
+    images = [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in rows]
+    sym = [3 if i in od else 0 for i in range(len(rows))]
+    got, got_regions = recipe.prepare_batch(proc, images, prompts, targets, cfg, model.config, loc, "cpu", sym)
+    pixels = torch.stack([augment.pixels(p, k) for p, k in zip(torch.as_tensor(proc.preprocess(images)), sym)])
+    want, want_regions = recipe.prepare_batch(proc, pixels.numpy(), prompts,
+                                              [augment.od_target(t, k) for t, k in zip(targets, sym)], cfg,
+                                              model.config, loc, "cpu")
+    plain, _ = recipe.prepare_batch(proc, images, prompts, targets, cfg, model.config, loc, "cpu")
+    for k in ("pixel_values", "input_ids", "labels"):
+        assert torch.equal(got[k], want[k]), k
+    for k, v in want_regions.items():
+        assert torch.equal(got_regions[k], v) if torch.is_tensor(v) else got_regions[k] == v, k
+    assert not torch.equal(got["labels"], plain["labels"])  # the <OD> targets moved
+    others = [i for i in range(len(rows)) if i not in od]
+    assert torch.equal(got["pixel_values"][others], plain["pixel_values"][others])
+
+    s, *_ = pinned
+    out = tmp_path / "run"
+    _recipe(s.home / "data.json", out, "source=files", "batch_size=2", "max_steps=2", "augment=dihedral")
+    assert json.loads((out / "result.json").read_text())["steps"] == 2
+    bad = subprocess.run([sys.executable, "-m", "lakehouse.training", "--data", str(s.home / "data.json"),
+                          f"output_dir={tmp_path / 'bad'}", "augment=rotate"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "augment='rotate': expected one of ['dihedral', 'hflip', 'none']" in bad.stderr
