@@ -51,6 +51,9 @@ def main():
     p.add_argument("--model", default=None, metavar="DIR",
                    help="train nothing: score this trained model directory (e.g. FLD_HOME/runs/flywheel-round1/model) "
                         "on fresh scenes, the relabeller's <REGION_TO_CATEGORY> included")
+    p.add_argument("--checkpoint", default=None, metavar="STATE_PT",
+                   help="with --model: that run's checkpoint (RUN/checkpoints/step-N/state.pt) instead of its final "
+                        "weights, e.g. the end of a curriculum's first phase")
     p.add_argument("--weight", nargs="*", default=[], metavar="TASK=N",
                    help="mixture weights (whole examples per scene) over the default, e.g. '<OD>=4' (--direct)")
     p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
@@ -190,14 +193,17 @@ def probe(args) -> None:
     tasks = [t for t, w in MIXTURE.items() if w > 0] + ["<REGION_TO_CATEGORY>", "<REFERRING_EXPRESSION_SEGMENTATION>"]
     val = synthetic_rows(args.val_images, VAL_SEED, list(dict.fromkeys(tasks)))
     model, proc = modeling.load(args.model)
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
     preds, ablation = _answers(model, proc, val, device, Config().loc_sigma)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {device}", "mode": "probe", "model": args.model,
+           "checkpoint": args.checkpoint,
            "size": "probed",
            "val_images": args.val_images, "image_ablation": ablation, "od_boxes": od_boxes(val, preds),
            "evaluation": evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val]),
            "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out or Path(__file__).parent / "results" / "model_probe")
-    _write(out, res, f"{args.model} on {args.val_images} fresh synthetic scenes (validation seed {VAL_SEED}), {res['machine']}; "
+    _write(out, res, f"{args.model}{' at ' + args.checkpoint if args.checkpoint else ''} on {args.val_images} fresh synthetic scenes (validation seed {VAL_SEED}), {res['machine']}; "
                      f"examples per task: {res['evaluation']['examples']}")
 
 

@@ -21,6 +21,8 @@ def main(argv=None) -> None:
     p.add_argument("--train-minutes", type=float, default=4.0)
     p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
                    help="curriculum's first phase (default: <OD> alone for 60%% of the budget), or 'none'")
+    p.add_argument("--mixture", default="{}", help="JSON task weights over the flywheel bench's, e.g. "
+                                                   "'{\"<REGION_TO_CATEGORY>\": 0}'")
     args = p.parse_args(argv)
     s = settings_from(args)
     t0 = time.time()
@@ -38,7 +40,7 @@ def main(argv=None) -> None:
     first = args.first or f"<OD>={args.train_minutes * 0.6:g}"
     stage(4, f"train the tiny Florence-2 on round 1 ({args.train_minutes:g} min budget"
              f"{'' if first == 'none' else ', first phase ' + first})")
-    tr = train.main(common + ["--run-name=demo-round1", f"--mixture={json.dumps(ROUND_MIXTURE)}",
+    tr = train.main(common + ["--run-name=demo-round1", f"--mixture={json.dumps(ROUND_MIXTURE | json.loads(args.mixture))}",
                               "--min-claim-precision=0.5"] + ([] if first == "none" else [f"--first={first}"])
                     + [*LEARNED, f"max_minutes={args.train_minutes}", "max_steps=1000000", "epochs=1000",
                        "batch_size=16", "checkpoint_every=200", "log_every=50"])

@@ -231,7 +231,7 @@ def _relabel(r, others, models: frozenset, cal: Calibration, cfg: AcceptanceConf
 
 def _decide(models: frozenset, relabelers: frozenset, cal: Calibration, cfg: AcceptanceConfig, pdf):
     rows = pdf.to_dict("records")
-    reasons = [None] * len(rows)
+    reasons, boxes = [None] * len(rows), list(pdf["bbox"])
     others = [(i, r) for i, r in enumerate(rows) if r["annotator"] not in models and r["bbox"] is not None]
     for i, r in enumerate(rows):  # first, so that an overruled specialist region is not also a rival below
         if r["annotator"] in relabelers and r["kind"] == "region" and r["bbox"] is not None:
@@ -256,13 +256,16 @@ def _decide(models: frozenset, relabelers: frozenset, cal: Calibration, cfg: Acc
                                       for _, o in rivals):
                     for j, _ in rivals:
                         reasons[j] = "label_overruled_by_model"
+                    # a label dispute says nothing about whose box is better: the specialist's stays, as relabelling
+                    # keeps it (the dispute tally only scores boxes where both match the same object)
+                    boxes[i] = max(rivals, key=lambda jo: iou(r["bbox"], jo[1]["bbox"]))[1]["bbox"]
                     continue
             if trusted or agrees(r):
                 continue
             reasons[i] = "model_below_calibrated_confidence" if thr is not None else "model_uncalibrated_no_agreement"
         elif not trusted:
             reasons[i] = "model_below_calibrated_confidence" if thr is not None else "model_uncalibrated"
-    return pdf.assign(drop_reason=reasons)
+    return pdf.assign(bbox=boxes, drop_reason=reasons)
 
 
 def apply_acceptance(df: DataFrame, models: set[str], cal: Calibration, cfg: AcceptanceConfig = AcceptanceConfig(),

@@ -225,6 +225,10 @@ def test_a_model_label_wins_where_its_claim_is_right_more_often_than_the_special
 
     assert decide(10.0) == ["label_overruled_by_model", None, None, "label_kept_by_specialist",
                             "label_overruled_by_model", None]
+    # the model's own region takes the label it won, on the specialist's box
+    cal = Calibration({}, overall, {}, tally, 10.0, {}, 1)
+    assert list(_decide(frozenset({"labels", "model"}), frozenset({"labels"}), cal, AcceptanceConfig(), rows)
+                .bbox)[5] == [40, 40, 50, 50]
     # one precision per annotator (the rule before): the specialist keeps every label
     assert decide(1e12) == [None, "label_kept_by_specialist", None, "label_kept_by_specialist",
                             None, "model_uncalibrated_no_agreement"]
