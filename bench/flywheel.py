@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lakehouse.rounds import GateFailed, RoundConfig, round_history, run_round  # noqa: E402
-from lakehouse.training import LEARNED, ROUND_MIXTURE, run_training  # noqa: E402
+from lakehouse.training import LEARNED, ROUND_MIXTURE, first_phase, run_training  # noqa: E402
 from world import budget_config, world_at_round_one  # noqa: E402
 from lakehouse.tables import read  # noqa: E402
 from quality.audit import FAMILIES, score  # noqa: E402
@@ -59,7 +59,7 @@ def main():
     t0 = time.time()
     s, spark = world_at_round_one(home, args.images, "fld-flywheel-bench")
     cfg = budget_config(args.train_minutes, LEARNED if args.set is None else args.set)
-    first = (None if args.first == "none" else args.first or f"<OD>={args.train_minutes * 0.6:g}")
+    first = first_phase(args.train_minutes, args.first)
     mixture = json.loads(args.mixture)
     claims = args.min_claim_precision if args.min_claim_precision >= 0 else None
     trainings = {}

@@ -30,6 +30,7 @@ def main():
     p.add_argument("--dataset", default="coco_train2017_det_caption")
     p.add_argument("--home", default=None)
     p.add_argument("--train-steps", type=int, default=20, help="0: stop after the round")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. augment=hflip")
     args = p.parse_args()
     src = Path(args.real_dev) / args.dataset
     s = load_settings(home=args.home or tempfile.mkdtemp(prefix="fld-real-"))
@@ -49,7 +50,7 @@ def main():
     for h in round_history(spark, s.tables):
         print(f"round {h['round']} published={h['published']} audit={json.dumps(h['audit'])}")
     if args.train_steps > 0:
-        model = train_and_serve(s, spark, args.train_steps)
+        model = train_and_serve(s, spark, args.train_steps, args.set)
         try:
             run_round(spark, s, RoundConfig(round=2, model=model, specialists=[]))
         except GateFailed as e:
@@ -58,7 +59,7 @@ def main():
             print(f"round {h['round']} published={h['published']} audit={json.dumps(h['audit'])}")
 
 
-def train_and_serve(s, spark, steps: int) -> str:
+def train_and_serve(s, spark, steps: int, overrides=()) -> str:
     """Train, register and ask the served model; returns the trained model's directory."""
     from florence2.recipe import load_config
     from lakehouse.evaluation import PyfuncPredictor
@@ -68,7 +69,7 @@ def train_and_serve(s, spark, steps: int) -> str:
     from lakehouse.training import DEFAULT_CONFIG, run_training
     from florence2.predictor import Request
 
-    cfg = load_config(DEFAULT_CONFIG, [f"max_steps={steps}", "batch_size=4", "checkpoint_every=0"])
+    cfg = load_config(DEFAULT_CONFIG, [f"max_steps={steps}", "batch_size=4", "checkpoint_every=0", *overrides])
     tr = run_training(s, cfg, run_name="real-round1", log=lambda *a: None)
     table = read(spark, s.tables, "training_examples", version=tr["examples_version"])
     tasks = {r.task: r["count"] for r in example_rows(table).groupBy("task").count().collect()}

@@ -28,7 +28,6 @@ def world_at_round_one(home, images: int, app: str):
 def budget_config(minutes: float, overrides=()):
     """The tiny recipe for ``minutes`` of training (cosine over the budget), batch 16, then ``overrides``."""
     from florence2.recipe import load_config
-    from lakehouse.training import DEFAULT_CONFIG
+    from lakehouse.training import DEFAULT_CONFIG, budget_overrides
 
-    return load_config(DEFAULT_CONFIG, [f"max_minutes={minutes}", "max_steps=1000000", "epochs=1000", "batch_size=16",
-                                        "checkpoint_every=500", "log_every=100", *overrides])
+    return load_config(DEFAULT_CONFIG, [*budget_overrides(minutes), *overrides])

@@ -19,10 +19,8 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-minutes", type=float, default=4.0)
-    p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
-                   help="curriculum's first phase (default: <OD> alone for 60%% of the budget), or 'none'")
-    p.add_argument("--mixture", default="{}", help="JSON task weights over the flywheel bench's, e.g. "
-                                                   "'{\"<REGION_TO_CATEGORY>\": 0}'")
+    p.add_argument("--first", metavar="TASK[,TASK]=MINUTES", help="first phase (default <OD> for 60%%), or 'none'")
+    p.add_argument("--mixture", default="{}", help="JSON task weights over the flywheel bench's")
     args = p.parse_args(argv)
     s = settings_from(args)
     t0 = time.time()
@@ -34,16 +32,12 @@ def main(argv=None) -> None:
     ing = ingest.main(common)
     stage(3, "refinement round 1: specialists + human labels -> filters -> FLD -> quality gate -> publish")
     r1 = refine_round.main(common + ["--round=1"])
-    from lakehouse.training import LEARNED, ROUND_MIXTURE
+    from lakehouse.training import first_phase, flywheel_train_args
 
-    # the flywheel bench's recipe: the learned settings, its mixture, <OD> alone first
-    first = args.first or f"<OD>={args.train_minutes * 0.6:g}"
-    stage(4, f"train the tiny Florence-2 on round 1 ({args.train_minutes:g} min budget"
-             f"{'' if first == 'none' else ', first phase ' + first})")
-    tr = train.main(common + ["--run-name=demo-round1", f"--mixture={json.dumps(ROUND_MIXTURE | json.loads(args.mixture))}",
-                              "--min-claim-precision=0.5"] + ([] if first == "none" else [f"--first={first}"])
-                    + [*LEARNED, f"max_minutes={args.train_minutes}", "max_steps=1000000", "epochs=1000",
-                       "batch_size=16", "checkpoint_every=200", "log_every=50"])
+    stage(4, f"train the tiny Florence-2 on round 1 ({args.train_minutes:g} min budget, the flywheel bench's recipe, "
+             f"first phase {first_phase(args.train_minutes, args.first)})")
+    tr = train.main(common + ["--run-name=demo-round1",
+                              *flywheel_train_args(args.train_minutes, args.first, json.loads(args.mixture))])
     stage(5, "refinement round 2 with the round-1 model as a specialist")
     rounds = {1: r1}
     try:

@@ -38,6 +38,25 @@ ROUND_MIXTURE = LEARNING_MIXTURE | {"<REGION_TO_CATEGORY>": 2.0}
 LEARNED = ("lr=0.002", "warmup_steps=150", "region_prompts=true", "augment=dihedral")
 
 
+def budget_overrides(minutes: float, checkpoint_every: int = 500, log_every: int = 100) -> list[str]:
+    """Recipe overrides of a run budgeted in minutes (the schedule's cosine over the budget), batch 16."""
+    return [f"max_minutes={minutes}", "max_steps=1000000", "epochs=1000", "batch_size=16",
+            f"checkpoint_every={checkpoint_every}", f"log_every={log_every}"]
+
+
+def first_phase(minutes: float, first: str | None = None) -> str | None:
+    """The flywheel's curriculum: ``<OD>`` alone for the first 60% of ``minutes``, or ``first`` ('none': no phase)."""
+    return None if first == "none" else first or f"<OD>={minutes * 0.6:g}"
+
+
+def flywheel_train_args(minutes: float, first: str | None = None, mixture: dict | None = None) -> list[str]:
+    """``jobs.train`` arguments of the flywheel bench's recipe: ``ROUND_MIXTURE`` (updated by ``mixture``), trusted
+    label claims only, ``first_phase``, the learned settings, ``minutes`` of training."""
+    phase = first_phase(minutes, first)
+    return ([f"--mixture={json.dumps(ROUND_MIXTURE | (mixture or {}))}", "--min-claim-precision=0.5"]
+            + ([f"--first={phase}"] if phase else []) + [*LEARNED, *budget_overrides(minutes, 200, 50)])
+
+
 def train(cfg: recipe.Config, data: dict, dist: recipe.Dist | None = None, log=print) -> dict:
     return recipe.train(cfg, data, dist, log, sources=SOURCES)
 
