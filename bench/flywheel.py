@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lakehouse.rounds import GateFailed, RoundConfig, round_history, run_round  # noqa: E402
-from lakehouse.training import LEARNED, ROUND_MIXTURE, first_phase, run_training  # noqa: E402
+from lakehouse.training import (LEARNED, ROUND_MIXTURE, TRUSTED_CLAIM_PRECISION, first_phase,  # noqa: E402
+                                run_training)
 from world import budget_config, world_at_round_one  # noqa: E402
 from lakehouse.tables import read  # noqa: E402
 from quality.audit import FAMILIES, score  # noqa: E402
@@ -45,7 +46,7 @@ def main():
     p.add_argument("--mixture", default=json.dumps(ROUND_MIXTURE), help="JSON task weights of the training examples")
     p.add_argument("--set", nargs="*", action="extend", default=None, metavar="KEY=VALUE",
                    help=f"recipe overrides (default: {' '.join(LEARNED)})")
-    p.add_argument("--min-claim-precision", type=float, default=0.5,
+    p.add_argument("--min-claim-precision", type=float, default=TRUSTED_CLAIM_PRECISION,
                    help="train on a region label only where its claim was right this often on the audit slice "
                         "(negative: every label)")
     p.add_argument("--model", action="append", default=[], metavar="DIR",
