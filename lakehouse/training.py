@@ -55,7 +55,8 @@ def flywheel_train_args(minutes: float, first: str | None = None, mixture: dict 
     """``jobs.train`` arguments of the flywheel bench's recipe: ``ROUND_MIXTURE`` (updated by ``mixture``), trusted
     label claims only, ``first_phase``, the learned settings, ``minutes`` of training."""
     phase = first_phase(minutes, first)
-    return ([f"--mixture={json.dumps(ROUND_MIXTURE | (mixture or {}))}", f"--min-claim-precision={TRUSTED_CLAIM_PRECISION}"]
+    return ([f"--mixture={json.dumps(ROUND_MIXTURE | (mixture or {}))}",
+             f"--min-claim-precision={TRUSTED_CLAIM_PRECISION}"]
             + ([f"--first={phase}"] if phase else []) + [*LEARNED, *budget_overrides(minutes, 200, 50)])
 
 
