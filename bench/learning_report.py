@@ -11,6 +11,9 @@ scenes, validation from other scenes, and the same recipe and the same scoring
 
     python3 bench/learning_report.py --direct --size small --images 3000 --minutes 6 --batch 64
 
+``--curve STEPS`` (with ``--direct``) keeps a checkpoint every STEPS steps and scores each the same way
+afterwards: the learning curve, metric against training minutes, of one run (one schedule).
+
 ``--model DIR`` trains nothing and scores a model trained elsewhere (a flywheel round's) the same way.
 """
 from __future__ import annotations
@@ -62,7 +65,11 @@ def main():
     p.add_argument("--one-schedule", action="store_true",
                    help="with --first: one warm-up and one decay over all of --minutes; the mixture phase resumes "
                         "the first phase's checkpoint (its optimizer, step and clock) instead of starting afresh")
+    p.add_argument("--curve", type=int, default=0, metavar="STEPS",
+                   help="(--direct) a checkpoint every STEPS steps, each scored afterwards: the learning curve")
     args = p.parse_args()
+    if args.curve and not args.direct:
+        raise SystemExit("--curve needs --direct: it scores the checkpoints of the run the report trains")
     if args.first:
         args.first = parse_first(args.first, args.minutes, MIXTURE)
     if args.one_schedule and not args.first:
@@ -115,7 +122,7 @@ def direct(args):
     data = write_recipe_data(rows, work / "data")
     val = synthetic_rows(args.val_images, VAL_SEED, tasks + ["<REFERRING_EXPRESSION_SEGMENTATION>"])
     overrides = [f"model_size={args.size}", "source=files", f"max_minutes={args.minutes}", "max_steps=1000000",
-                 "epochs=1000000", f"batch_size={args.batch}", f"lr={args.lr}", "checkpoint_every=0", "log_every=100",
+                 "epochs=1000000", f"batch_size={args.batch}", f"lr={args.lr}", f"checkpoint_every={args.curve}", "log_every=100",
                  f"output_dir={work / 'run'}"] + args.set
     phases = []
     if args.first:  # phase 1 on a subset, with the whole mixture's tokenizer so the model carries over
@@ -152,6 +159,8 @@ def direct(args):
     res["od_boxes"] = od_boxes(val, preds)
     try:
         res["evaluation"] = evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val])
+        if args.curve:
+            res["curve"] = _curve(work / "run" / "checkpoints", model, proc, val, device)
     except (ImportError, OSError) as e:  # no Java / pycocotools here: score the saved predictions elsewhere
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(res, default=str) + "\n")
@@ -175,6 +184,29 @@ def _answers(model, proc, val, device: str, loc_sigma: float):
         ablation[task] = image_ablation(model.to("cpu"), proc, [r["content"] for r in sel], [r["prompt"] for r in sel],
                                         [r["target"] for r in sel], loc_sigma)
     return preds, ablation
+
+
+CURVE = ("od_AP50", "cider", "grounding_r1", "rec_accuracy", "ocr_word_f1", "region_category_accuracy")
+
+
+def _curve(ckpt_dir: Path, model, proc, val, device: str) -> list[dict]:
+    """Each kept checkpoint of a run scored on ``val``: (step, training minutes, the report's metrics)."""
+    import torch
+
+    from florence2.evaluation import evaluate_examples
+    from florence2.predictor import Predictor
+
+    points = []
+    for ck in sorted(ckpt_dir.glob("step-*"), key=lambda c: int(c.name.split("-")[1])):
+        state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        preds = Predictor(model.to(device), proc, device=device, batch_size=64,
+                          max_new_tokens=256).predict([_request(r) for r in val])
+        m = evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val], baseline=False)["model"]
+        points.append({"step": state["step"], "minutes": round(state["seconds"] / 60, 2)}
+                      | {k: round(m[k], 4) for k in CURVE if k in m})
+        print(f"[learning] curve {points[-1]}", flush=True)
+    return points
 
 
 def probe(args) -> None:
@@ -275,6 +307,12 @@ def _write(out: Path, res: dict, headline: str) -> None:
               "| task | own images | shuffled | gap |", "|---|---|---|---|"]
     lines += [f"| {t} | {a['loss_true_images']:.4f} | {a['loss_shuffled_images']:.4f} | {a['gap']:.4f} |"
               for t, a in sorted(res["image_ablation"].items())]
+    if res.get("curve"):
+        keys = [k for k in CURVE if k in res["curve"][0]]
+        lines += ["", "Learning curve (the run's checkpoints, scored the same way):", "",
+                  "| step | minutes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+        lines += [f"| {c['step']} | {c['minutes']:.1f} | " + " | ".join(f"{c[k]:.4f}" for k in keys) + " |"
+                  for c in res["curve"]]
     if res.get("od_boxes"):
         lines += ["", "<OD> answers against the truth: " + ", ".join(
             f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in res["od_boxes"].items())]

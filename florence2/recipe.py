@@ -83,10 +83,14 @@ class Config:
                                           # when its attention spreads over the box), predict the box's label
                                           # through the tied output layer: a whole shape, where one cell of a
                                           # large one sees flat colour
+    free_copied_words: bool = False       # answer words the prompt holds (grounding's phrases) are read from the
+                                          # prompt: region_attention leaves their positions alone
     scratch_positions: str = "bins"       # florence2.modeling.init_for_scratch: grid | bins
     vision_lr_scale: float = 1.0          # the vision tower's and projector's rate, as a multiple of lr
     augment: str = "none"                 # each <OD> example takes a random symmetry of its image and boxes
                                           # (florence2.augment): none | hflip | dihedral
+    zoom_out: float = 1.0                 # ... and shrinks by a random factor in [zoom_out, 1] onto a canvas of
+                                          # its border colour, at a random place (1: never)
 
 
 def parse_first(text: str, minutes: float | None, tasks) -> tuple[list[str], float]:
@@ -306,7 +310,8 @@ def edge_cells(mask, grid: int):
 
 
 def region_targets(input_ids, labels, loc_range, text_config, image_token_id: int,
-                   edges: bool = False, heads: list[int] | None = None, prompts: bool = False) -> dict | None:
+                   edges: bool = False, heads: list[int] | None = None, prompts: bool = False,
+                   free_copied: bool = False) -> dict | None:
     """The targets of the region terms, built on the host from the batch's token ids (run it before the
     batch moves to the device: parsing boxes on device tensors would sync every step).
 
@@ -316,7 +321,9 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     image tokens of that box.  A text answer about the prompt's region (``prompt_boxes``) counts as that
     box's label, written at every answer position (``prompts``).  ``boxes`` (B, K, G*G) and ``box_labels``
     (B, K, -100 where an example has fewer) are each box's cells and label (``region_pool``).  ``first``/``grid`` locate the grid among the encoder's tokens.  ``heads``
-    (``tokenization.head_tokens``) names a cell by its label's word without the leading space."""
+    (``tokenization.head_tokens``) names a cell by its label's word without the leading space.
+    ``free_copied``: a label's tokens that its prompt holds (grounding copies its phrases from the caption)
+    get no ``where``: pulling the attention that copies them onto the image would fight the copy."""
     import torch
 
     skip = {text_config.bos_token_id, text_config.eos_token_id, text_config.pad_token_id}
@@ -334,15 +341,17 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     k = max(len(b) for b in per_example)
     pooled = torch.zeros((labels.shape[0], k, grid * grid), dtype=torch.bool)
     box_labels = torch.full((labels.shape[0], k), -100, dtype=torch.long)
+    a, b = loc_range
     for i, boxes in enumerate(per_example):
         if not boxes:
             continue
+        held = set(input_ids[i].tolist()) if free_copied else set()
         cells[i] = text_config.eos_token_id
         for j, (word, box, span) in enumerate(sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1]))):
             m = box_cells(box, grid)
             cells[i][m] = box_labels[i, j] = heads[word] if heads else word
             pooled[i, j] = m
-            where[i, span] = m
+            where[i, [p for p in span if a <= labels[i, p] < b or int(labels[i, p]) not in held]] = m
             if edges and not asked[i]:  # the last four positions of a target's span are its location tokens
                 for pos, e in zip(span[-4:], edge_cells(m, grid)):
                     where[i, pos] = e
@@ -420,7 +429,7 @@ def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | 
     if use_regions and regions is None:
         regions = region_targets(inputs["input_ids"].cpu(), inputs["labels"].cpu(), loc_range,
                                  model.config.text_config, model.config.image_token_id, cfg.region_edges, heads,
-                                 cfg.region_prompts)
+                                 cfg.region_prompts, cfg.free_copied_words)
         regions = regions and {k: v.to(inputs["labels"].device) if hasattr(v, "to") else v for k, v in regions.items()}
     try:
         labels = inputs["labels"]
@@ -437,10 +446,10 @@ def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | 
 
 
 def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc_range, device: str,
-                  symmetries: list[int] | None = None):
+                  moves: list | None = None):
     """(inputs, region targets) on ``device``: token ids padded to a multiple of ``cfg.pad_multiple``
     (fewer distinct shapes for a compiled model), region targets built on the host, then one
-    non-blocking copy (from pinned memory on CUDA).  ``symmetries``: one ``florence2.augment`` symmetry
+    non-blocking copy (from pinned memory on CUDA).  ``moves``: one ``florence2.augment.Move`` (or symmetry)
     per example (0: as it is; others only for ``<OD>`` examples)."""
     import torch
 
@@ -450,16 +459,16 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     if isinstance(pixels, list):  # decoded images: resize and normalise here (as tensors on a GPU)
         pixels = proc.preprocess_tensor(pixels, device) if device.startswith("cuda") else proc.preprocess(pixels)
     pixels = torch.as_tensor(pixels)
-    if symmetries and any(symmetries):
-        pixels = torch.stack([augment.pixels(p, k) for p, k in zip(pixels, symmetries)])
-        targets = [augment.od_target(t, k) for t, k in zip(targets, symmetries)]
+    if moves and any(moves):
+        pixels = torch.stack([augment.pixels(p, m) for p, m in zip(pixels, moves)])
+        targets = [augment.od_target(t, m, pixels.shape[-1]) for t, m in zip(targets, moves)]
     multiple = cfg.pad_multiple or (8 if cfg.compile else 1)
     inputs = proc.batch([], prompts, targets, pad_multiple=multiple) | {"pixel_values": pixels}
     regions = None
     if loc_range is not None and _uses_regions(cfg):
         regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,
                                  model_config.image_token_id, cfg.region_edges, head_tokens(proc.tokenizer),
-                                 cfg.region_prompts)
+                                 cfg.region_prompts, cfg.free_copied_words)
     cuda = device.startswith("cuda")
 
     def move(v):
@@ -473,14 +482,23 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     return inputs, regions and {k: move(v) for k, v in regions.items()}
 
 
-def draw_symmetries(rng: random.Random, prompts: list[str], augment: str) -> list[int] | None:
-    """One ``florence2.augment`` symmetry per example: random for ``<OD>`` examples, 0 for the others
-    (their targets name no boxes, or words and positions a flip would falsify); None without augmentation."""
-    from florence2.augment import SYMMETRIES
+def draw_moves(rng: random.Random, prompts: list[str], augment: str, zoom_out: float = 1.0) -> list | None:
+    """One ``florence2.augment.Move`` per example: random for ``<OD>`` examples, none for the others (their
+    targets name no boxes, or words and positions a move would falsify); None without augmentation."""
+    from florence2.augment import SYMMETRIES, Move
     from florence2.tasks import build_prompt
 
     n, od = SYMMETRIES[augment], build_prompt("<OD>")
-    return [rng.randrange(n) if p == od else 0 for p in prompts] if n > 1 else None
+    if n == 1 and zoom_out >= 1.0:
+        return None
+    moves = []
+    for p in prompts:
+        if p != od:
+            moves.append(Move())
+            continue
+        k = rng.randrange(n) if n > 1 else 0
+        moves.append(Move(k, rng.uniform(zoom_out, 1.0), rng.random(), rng.random()) if zoom_out < 1.0 else Move(k))
+    return moves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -567,6 +585,8 @@ class Recipe:
         cfg, dist = self.cfg, self.dist
         if cfg.augment not in augment.SYMMETRIES:
             raise SystemExit(f"augment={cfg.augment!r}: expected one of {sorted(augment.SYMMETRIES)}")
+        if not 0.0 < cfg.zoom_out <= 1.0:
+            raise SystemExit(f"zoom_out={cfg.zoom_out}: expected the smallest scale, in (0, 1] (1: no zoom)")
         # per rank, so ranks draw different symmetries; a resumed run draws afresh (any draw is a valid example)
         self.aug_rng = random.Random(cfg.seed * 7919 + dist.rank)
         torch.manual_seed(cfg.seed)
@@ -666,9 +686,9 @@ class Recipe:
         import torch
 
         cfg, dist = self.cfg, self.dist
-        symmetries = draw_symmetries(self.aug_rng, prompts, cfg.augment)
+        moves = draw_moves(self.aug_rng, prompts, cfg.augment, cfg.zoom_out)
         inputs, regions = prepare_batch(self.proc, pixels, prompts, targets, cfg, self.model.config, self.loc_range,
-                                        self.device, symmetries)
+                                        self.device, moves)
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
             total, ce = step_loss(self.model, inputs, cfg, self.loc_range, regions)
         (total / cfg.grad_accum).backward()

@@ -321,3 +321,40 @@ def test_the_files_source_mixes_images_in_a_batch_and_reads_every_example_once(t
     assert one != two and one == epoch(True, 0)
     halves = [epoch(True, 0, rank, 2) for rank in (0, 1)]  # a global batch of 16: rank r takes its 8
     assert [a + b for a, b in zip(*halves)] == [x + y for x, y in zip(one[::2], one[1::2])]
+
+
+def test_free_copied_words_leave_the_attention_that_copies_a_phrase_alone():
+    """free_copied_words: grounding's phrase words, which its prompt holds, are not pulled onto the box;
+    its location tokens are, and so is an <OD> label, which no prompt holds; the cells are named as before."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    from florence2.locations import box_tokens
+    from florence2.tasks import build_prompt
+    from florence2.tokenization import head_tokens
+
+    tok = tokenizer()
+    model, proc = modeling.create("tiny", tok)
+    box = box_tokens([10, 20, 60, 90], (100, 100))
+    prompts = [build_prompt("<CAPTION_TO_PHRASE_GROUNDING>", text="A red star on grey."), build_prompt("<OD>")]
+    batch = proc.batch([], prompts, ["A red star" + box, "star" + box])
+    loc = modeling.loc_token_range(tok)
+    args = (batch["input_ids"], batch["labels"], loc, model.config.text_config, model.config.image_token_id, True,
+            head_tokens(tok))
+    pulled, free = recipe.region_targets(*args), recipe.region_targets(*args, free_copied=True)
+    assert torch.equal(pulled["cells"], free["cells"])
+    labels = batch["labels"][0].tolist()
+    words = [p for p, t in enumerate(labels) if t >= 0 and not loc[0] <= t < loc[1]
+             and t not in (tok.bos_token_id, tok.eos_token_id)]
+    locs = [p for p, t in enumerate(labels) if loc[0] <= t < loc[1]]
+    held = set(batch["input_ids"][0].tolist())
+    copied = [p for p in words if labels[p] in held]
+    assert copied and all(pulled["where"][0, p].any() for p in copied)
+    assert not any(free["where"][0, p].any() for p in copied)
+    assert all(torch.equal(free["where"][0, p], pulled["where"][0, p]) for p in locs + [p for p in words if p not in copied])
+    assert torch.equal(free["where"][1], pulled["where"][1]) and free["where"][1].any()  # <OD>: nothing copied

@@ -114,3 +114,48 @@ def test_a_symmetry_moves_the_image_and_its_od_target_together(k):
     assert augment.od_target(od, 0) is od
     with pytest.raises(ValueError, match="not an <OD> target"):
         augment.od_target("a red circle", 1)
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_a_zoom_out_shrinks_the_image_and_its_od_target_together(k):
+    """`zoom_out`: the scene shrunk onto a canvas of its background (done here in pixel space with PIL, on
+    the scene at its own size) gives the example the recipe trains on: the same labels in reading order,
+    every box within one bin, and the pixels the processor makes of that canvas."""
+    from PIL import Image
+
+    from florence2 import augment
+    from florence2.locations import LOC_RE
+    from florence2.targets import ImageAnnotations, Region, build_examples, from_synthetic
+    from lakehouse.synthetic import generate
+
+    _, proc = tiny()
+    move = augment.Move(k, 0.5, 0.25, 1.0)
+    for scene, img in generate(3, seed=7):
+        ann = from_synthetic(scene.to_dict())
+        (od,) = [e.target for e in build_examples(ann, ["<OD>"])]
+        img_k, boxes = img, []
+        for r in ann.regions:
+            img_k, b = _moved(img, r.bbox, k)
+            boxes.append(b)
+        w, h = img_k.size
+        side = proc.preprocess([img])[0].shape[-1]
+        size, x, y = move.place(side)
+        sx, sy = w / side, h / side  # the square's pixels in the scene's
+        canvas = Image.new("RGB", (w, h), img_k.getpixel((0, 0)))
+        canvas.paste(img_k.resize((round(size * sx), round(size * sy)), Image.BICUBIC), (round(x * sx), round(y * sy)))
+        ref = ImageAnnotations(w, h, regions=[Region([x * sx + b[0] * size / side, y * sy + b[1] * size / side,
+                                                      x * sx + b[2] * size / side, y * sy + b[3] * size / side], r.label)
+                                              for b, r in zip(boxes, ann.regions)])
+        (ref_od,) = [e.target for e in build_examples(ref, ["<OD>"])]
+        got = augment.od_target(od, move, side)
+        assert LOC_RE.sub("", got) == LOC_RE.sub("", ref_od)
+        bins = [int(b) for b in LOC_RE.findall(got)]
+        ref_bins = [int(b) for b in LOC_RE.findall(ref_od)]
+        assert max(abs(a - b) for a, b in zip(bins, ref_bins)) <= 1
+        assert max(bins) > 500 and min(bins[1::2]) >= 500  # placed at the bottom, a quarter to the right
+        diff = (augment.pixels(torch.as_tensor(proc.preprocess([img]))[0], move)
+                - torch.as_tensor(proc.preprocess([canvas]))[0]).abs()
+        # two resamplings in either order: shape edges differ, the rest agrees
+        assert diff.mean() < 0.05, diff.mean()
+        assert (diff < 0.1).float().mean() > 0.9
+    assert augment.od_target(od, augment.Move(0, 1.0, 0.3, 0.3)) is od

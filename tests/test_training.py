@@ -395,7 +395,7 @@ def test_evaluate_logs_metrics_and_champion_moves_only_when_beaten(pinned, track
 
 
 def test_augmentation_moves_the_od_examples_of_a_batch_and_nothing_else(pinned, tmp_path):
-    """`augment`: symmetries are drawn for <OD> examples only; the batch the model sees is the batch of the
+    """`augment` and `zoom_out`: moves are drawn for <OD> examples only; the batch the model sees is the batch of the
     moved images and targets (region supervision included), and the recipe trains with it."""
     import io
     import random
@@ -411,22 +411,26 @@ def test_augmentation_moves_the_od_examples_of_a_batch_and_nothing_else(pinned, 
 
     rows = synthetic_rows(3, 5, ["<OD>", "<CAPTION>", "<OCR_WITH_REGION>"])
     prompts, targets = [r["prompt"] for r in rows], [r["target"] for r in rows]
-    drawn = [recipe.draw_symmetries(random.Random(s), prompts, "dihedral") for s in range(20)]
+    drawn = [recipe.draw_moves(random.Random(s), prompts, "dihedral") for s in range(20)]
     od = [i for i, r in enumerate(rows) if r["task"] == "<OD>"]
-    assert all(d[i] == 0 for d in drawn for i in range(len(rows)) if i not in od)
-    assert {d[i] for d in drawn for i in od} == set(range(8))
-    assert {d[i] for d in (recipe.draw_symmetries(random.Random(s), prompts, "hflip") for s in range(20)) for i in od} == {0, 1}
-    assert recipe.draw_symmetries(random.Random(0), prompts, "none") is None
+    assert all(not d[i] for d in drawn for i in range(len(rows)) if i not in od)
+    assert {d[i].k for d in drawn for i in od} == set(range(8)) and all(d[i].scale == 1 for d in drawn for i in od)
+    assert {d[i].k for d in (recipe.draw_moves(random.Random(s), prompts, "hflip") for s in range(20)) for i in od} == {0, 1}
+    assert recipe.draw_moves(random.Random(0), prompts, "none") is None
+    zoomed = [recipe.draw_moves(random.Random(s), prompts, "none", 0.5) for s in range(20)]
+    assert all(not d[i] for d in zoomed for i in range(len(rows)) if i not in od)
+    scales = [d[i].scale for d in zoomed for i in od]
+    assert all(0.5 <= x <= 1 for x in scales) and min(scales) < 0.6 and {d[i].k for d in zoomed for i in od} == {0}
 
     tok = tokenizer()
     model, proc = modeling.create("tiny", tok)
     cfg, loc = recipe.Config(), modeling.loc_token_range(tok)
     images = [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in rows]
-    sym = [3 if i in od else 0 for i in range(len(rows))]
+    sym = [augment.Move(3, 0.7, 0.2, 0.9) if i in od else augment.Move() for i in range(len(rows))]
     got, got_regions = recipe.prepare_batch(proc, images, prompts, targets, cfg, model.config, loc, "cpu", sym)
     pixels = torch.stack([augment.pixels(p, k) for p, k in zip(torch.as_tensor(proc.preprocess(images)), sym)])
     want, want_regions = recipe.prepare_batch(proc, pixels.numpy(), prompts,
-                                              [augment.od_target(t, k) for t, k in zip(targets, sym)], cfg,
+                                              [augment.od_target(t, k, pixels.shape[-1]) for t, k in zip(targets, sym)], cfg,
                                               model.config, loc, "cpu")
     plain, _ = recipe.prepare_batch(proc, images, prompts, targets, cfg, model.config, loc, "cpu")
     for k in ("pixel_values", "input_ids", "labels"):
@@ -439,8 +443,11 @@ def test_augmentation_moves_the_od_examples_of_a_batch_and_nothing_else(pinned, 
 
     s, *_ = pinned
     out = tmp_path / "run"
-    _recipe(s.home / "data.json", out, "source=files", "batch_size=2", "max_steps=2", "augment=dihedral")
+    _recipe(s.home / "data.json", out, "source=files", "batch_size=2", "max_steps=2", "augment=dihedral", "zoom_out=0.6")
     assert json.loads((out / "result.json").read_text())["steps"] == 2
     bad = subprocess.run([sys.executable, "-m", "lakehouse.training", "--data", str(s.home / "data.json"),
                           f"output_dir={tmp_path / 'bad'}", "augment=rotate"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "augment='rotate': expected one of ['dihedral', 'hflip', 'none']" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "lakehouse.training", "--data", str(s.home / "data.json"),
+                          f"output_dir={tmp_path / 'bad'}", "zoom_out=1.5"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "zoom_out=1.5: expected the smallest scale, in (0, 1]" in bad.stderr
