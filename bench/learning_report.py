@@ -157,6 +157,7 @@ def direct(args):
            "predictions": [{"example_id": r["example_id"]} | o for r, o in zip(val, preds)]}
     out = Path(args.out or Path(__file__).parent / "results" / f"learning_report_direct_{args.size}_{device}")
     res["od_boxes"] = od_boxes(val, preds)
+    res["grounding_phrases"] = grounding_phrases(val, preds)
     try:
         res["evaluation"] = evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val])
         if args.curve:
@@ -232,6 +233,7 @@ def probe(args) -> None:
            "checkpoint": args.checkpoint,
            "size": "probed",
            "val_images": args.val_images, "image_ablation": ablation, "od_boxes": od_boxes(val, preds),
+           "grounding_phrases": grounding_phrases(val, preds),
            "evaluation": evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val]),
            "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out or Path(__file__).parent / "results" / "model_probe")
@@ -254,6 +256,7 @@ def score_saved(path: Path) -> None:
     res["evaluation"] = evaluate_examples(_Replay(val, [by_id[r["example_id"]] for r in val]),
                                           [{"image": r["content"], **r} for r in val])
     res["od_boxes"] = od_boxes(val, [by_id[r["example_id"]] for r in val])
+    res["grounding_phrases"] = grounding_phrases(val, [by_id[r["example_id"]] for r in val])
     _write_direct(path.with_suffix(""), res)
 
 
@@ -263,6 +266,24 @@ def od_boxes(val, preds) -> dict:
 
     od = [(r, p) for r, p in zip(val, preds) if r["task"] == "<OD>"]
     return answer_scores([r for r, _ in od], [p["text"] for _, p in od])
+
+
+def grounding_phrases(val, preds) -> dict:
+    """What caps grounding R@1 (phrases are matched word for word): the share of the caption's phrases the
+    answer copies exactly, and of those it names at least with the right last word (head noun)."""
+    from florence2.parsing import post_process_generation
+
+    task = "<CAPTION_TO_PHRASE_GROUNDING>"
+    n = copied = head = 0
+    for r, p in zip(val, preds):
+        if r["task"] != task:
+            continue
+        said = (p.get("answer") or {}).get("labels") or []
+        for phrase in dict.fromkeys(post_process_generation(r["target"], task, (r["width"], r["height"]))[task]["labels"]):
+            n += 1
+            copied += phrase in said
+            head += any(s.split()[-1:] == phrase.split()[-1:] for s in said)
+    return {"phrases": n, "copied": copied / n, "head_noun": head / n} if n else {}
 
 
 def _request(r):
@@ -316,6 +337,10 @@ def _write(out: Path, res: dict, headline: str) -> None:
     if res.get("od_boxes"):
         lines += ["", "<OD> answers against the truth: " + ", ".join(
             f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in res["od_boxes"].items())]
+    if res.get("grounding_phrases"):
+        g = res["grounding_phrases"]
+        lines += ["", f"<CAPTION_TO_PHRASE_GROUNDING> answers: of {g['phrases']} phrases, {g['copied']:.3f} copied word "
+                      f"for word (R@1 matches them so), {g['head_noun']:.3f} with the right last word"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     out.with_suffix(".md").write_text(f"# Learning report\n\n{headline}\n\n" + "\n".join(lines) + "\n")
