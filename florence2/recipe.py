@@ -345,13 +345,14 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     for i, boxes in enumerate(per_example):
         if not boxes:
             continue
-        held = set(input_ids[i].tolist()) if free_copied else set()
+        held = set(input_ids[i].tolist()) if free_copied else None
+        row = labels[i].tolist() if free_copied else None
         cells[i] = text_config.eos_token_id
         for j, (word, box, span) in enumerate(sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1]))):
             m = box_cells(box, grid)
             cells[i][m] = box_labels[i, j] = heads[word] if heads else word
             pooled[i, j] = m
-            where[i, [p for p in span if a <= labels[i, p] < b or int(labels[i, p]) not in held]] = m
+            where[i, span if held is None else [p for p in span if a <= row[p] < b or row[p] not in held]] = m
             if edges and not asked[i]:  # the last four positions of a target's span are its location tokens
                 for pos, e in zip(span[-4:], edge_cells(m, grid)):
                     where[i, pos] = e
