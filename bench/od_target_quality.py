@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--home", required=True, help="FLD_HOME of a synthetic-world run (it holds synthetic/ground_truth.jsonl)")
+    p.add_argument("--home", required=True, help="FLD_HOME of a synthetic-world run (its synthetic truth)")
     p.add_argument("--run", default="demo-round1", help="run directory under FLD_HOME/runs")
     p.add_argument("--first", action="store_true", help="the curriculum's first-phase examples (data_first.json)")
     args = p.parse_args(argv)
@@ -24,14 +24,15 @@ def main(argv=None) -> dict:
 
     from florence2.evaluation import coco_map
     from florence2.parsing import post_process_generation
+    from lakehouse.config import load_settings
 
-    home = Path(args.home)
+    settings = load_settings(home=args.home)
     truth = {}
-    with open(home / "synthetic" / "ground_truth.jsonl") as f:
+    with open(settings.synthetic_dir / "ground_truth.jsonl") as f:
         for line in f:
             t = json.loads(line)
             truth[t["image_id"]] = t
-    data = json.loads((home / "runs" / args.run / ("data_first.json" if args.first else "data.json")).read_text())
+    data = json.loads((settings.home / "runs" / args.run / ("data_first.json" if args.first else "data.json")).read_text())
     gt, pred, images, missing = [], [], 0, 0
     for file in data["files"]:
         for r in pq.read_table(file.removeprefix("file:"), columns=["image_id", "examples", "width", "height"]).to_pylist():
