@@ -35,6 +35,12 @@ from lakehouse.training import LEARNING_MIXTURE  # noqa: E402
 
 MIXTURE = dict(LEARNING_MIXTURE)  # --weight changes it
 VAL_SEED = 42  # the validation scenes: other scenes than any training world's (seeds 0 and 41)
+# scored whatever the mixture: referring segmentation (RES mIoU) and open-vocabulary detection (REC accuracy)
+SCORED = ["<REFERRING_EXPRESSION_SEGMENTATION>", "<OPEN_VOCABULARY_DETECTION>"]
+
+
+def val_tasks(mixture: dict, extra=()) -> list[str]:
+    return list(dict.fromkeys([t for t, w in mixture.items() if w > 0] + list(extra) + SCORED))
 
 
 def main():
@@ -120,7 +126,7 @@ def direct(args):
     for r in synthetic_rows(args.images, 41, tasks):  # a weight of 2 is each example twice
         rows += [r | {"example_id": f"{r['example_id']}-{k}"} for k in range(int(MIXTURE[r["task"]]))]
     data = write_recipe_data(rows, work / "data")
-    val = synthetic_rows(args.val_images, VAL_SEED, tasks + ["<REFERRING_EXPRESSION_SEGMENTATION>"])
+    val = synthetic_rows(args.val_images, VAL_SEED, val_tasks(MIXTURE))
     overrides = [f"model_size={args.size}", "source=files", f"max_minutes={args.minutes}", "max_steps=1000000",
                  "epochs=1000000", f"batch_size={args.batch}", f"lr={args.lr}", f"checkpoint_every={args.curve}", "log_every=100",
                  f"output_dir={work / 'run'}"] + args.set
@@ -151,7 +157,7 @@ def direct(args):
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores, CPU only"
     res = {"machine": name, "mode": "direct (synthetic truth, no lakehouse)", "size": args.size, "images": args.images,
            "val_images": args.val_images, "batch": args.batch, "lr": args.lr,
-           "train_minutes_budget": args.minutes, "mixture": MIXTURE, "first": args.first,
+           "train_minutes_budget": args.minutes, "mixture": MIXTURE, "val_tasks": val_tasks(MIXTURE), "first": args.first,
            "one_schedule": args.one_schedule, "config": dataclasses.asdict(cfg), "training": tr,
            "image_ablation": ablation, "wall_s": round(time.time() - t0, 1),
            "predictions": [{"example_id": r["example_id"]} | o for r, o in zip(val, preds)]}
@@ -223,8 +229,7 @@ def probe(args) -> None:
 
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tasks = [t for t, w in MIXTURE.items() if w > 0] + ["<REGION_TO_CATEGORY>", "<REFERRING_EXPRESSION_SEGMENTATION>"]
-    val = synthetic_rows(args.val_images, VAL_SEED, list(dict.fromkeys(tasks)))
+    val = synthetic_rows(args.val_images, VAL_SEED, val_tasks(MIXTURE, ["<REGION_TO_CATEGORY>"]))
     model, proc = modeling.load(args.model)
     if args.checkpoint:
         model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
@@ -247,8 +252,8 @@ def score_saved(path: Path) -> None:
     from lakehouse.synthetic import synthetic_rows
 
     res = json.loads(path.read_text())
-    mixture = res.get("mixture", MIXTURE)
-    tasks = [t for t, w in mixture.items() if w > 0] + ["<REFERRING_EXPRESSION_SEGMENTATION>"]
+    # runs before REC moved to open-vocabulary detection scored the mixture and referring segmentation
+    tasks = res.get("val_tasks") or [t for t, w in res.get("mixture", MIXTURE).items() if w > 0] + SCORED[:1]
     val = synthetic_rows(res["val_images"], VAL_SEED, tasks)
     by_id = {p["example_id"]: p for p in res["predictions"]}
     if [r["example_id"] for r in val] != [p["example_id"] for p in res["predictions"]]:

@@ -4,7 +4,9 @@
 - detection: COCO mAP@[.5:.95] and AP50 (pycocotools).  Florence-2 emits no scores;
   ours come from the predictor (geometric mean of a box's location-token probabilities);
 - phrase grounding: Recall@1 at IoU >= 0.5 (the first box predicted for a phrase);
-- referring expressions: accuracy at IoU >= 0.5;
+- referring expressions: accuracy at IoU >= 0.5 of the first box that ``<OPEN_VOCABULARY_DETECTION>``
+  ("Locate {input} in the image.") answers for an input that names one object (RefCOCO's protocol in
+  the task language: an expression in, a box out);
 - referring segmentation: mean IoU of polygon masks (shapely);
 - OCR: word precision / recall / F1 (same text and IoU >= 0.5) and character error rate.
 
@@ -209,7 +211,7 @@ def evaluate_examples(predictor, examples: list[dict], baseline: bool = True) ->
         metrics["grounding_r1"] = grounding_recall_at_1(items)
         base["grounding_r1"] = grounding_recall_at_1(bitems)
     if "<REFERRING_EXPRESSION_SEGMENTATION>" in preds:
-        seg, rec, bseg, brec = [], [], [], []
+        seg, bseg = [], []
         for e, o in preds["<REFERRING_EXPRESSION_SEGMENTATION>"]:
             g = post_process_generation(e["target"], "<REFERRING_EXPRESSION_SEGMENTATION>", (e["width"], e["height"]),
                                         as_int=False)["<REFERRING_EXPRESSION_SEGMENTATION>"]["polygons"]
@@ -217,11 +219,14 @@ def evaluate_examples(predictor, examples: list[dict], baseline: bool = True) ->
             whole = [[0, 0, e["width"], 0, e["width"], e["height"], 0, e["height"]]]
             seg.append((p[0] if p else [], g[0] if g else []))
             bseg.append((whole, g[0] if g else []))
-            rec.append((_box_of(p[:1]), _box_of(g[:1])))
-            brec.append(([0, 0, e["width"], e["height"]], _box_of(g[:1])))
         metrics["res_miou"], base["res_miou"] = res_miou(seg), res_miou(bseg)
-        metrics["rec_accuracy"] = rec_accuracy([x for x in rec if x[1]])
-        base["rec_accuracy"] = rec_accuracy([x for x in brec if x[1]])
+    ovd = "<OPEN_VOCABULARY_DETECTION>"
+    referred = [(e, o, g["bboxes"][0]) for e, o in preds.get(ovd, [])
+                for g in [post_process_generation(e["target"], ovd, (e["width"], e["height"]), as_int=False)[ovd]]
+                if len(g["bboxes"]) == 1]
+    if referred:
+        metrics["rec_accuracy"] = rec_accuracy([((o["answer"]["bboxes"] or [None])[0], g) for _, o, g in referred])
+        base["rec_accuracy"] = rec_accuracy([([0, 0, e["width"], e["height"]], g) for e, _, g in referred])
     if "<OCR_WITH_REGION>" in preds:
         agg, bagg = [0, 0, 0], [0, 0, 0]
         for e, o in preds["<OCR_WITH_REGION>"]:

@@ -124,6 +124,8 @@ def build_examples(ann: ImageAnnotations, tasks=None) -> list[Example]:
         add("<CAPTION_TO_PHRASE_GROUNDING>", target, text=ann.grounding_caption)
     for r in ann.referring:
         add("<REFERRING_EXPRESSION_SEGMENTATION>", polygon_tokens(r.polygons, size), text=r.expression)
+        # referring expression comprehension in the task language: the expression's one box
+        add("<OPEN_VOCABULARY_DETECTION>", _label(r.expression) + box_tokens(r.bbox, size), text=r.expression)
     for r in regions:
         if r.polygons:
             add("<REGION_TO_SEGMENTATION>", polygon_tokens(r.polygons, size), region=tuple(r.bbox))

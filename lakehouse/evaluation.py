@@ -14,8 +14,9 @@ from lakehouse.config import Settings
 
 
 def synthetic_referring_examples(truth_dir: Path, images, image_ids: set, limit: int) -> list[dict]:
-    """Referring-expression segmentation examples from the synthetic ground truth of the given images
-    (``images``: a DataFrame of ``bronze_images``)."""
+    """Referring-expression examples from the synthetic ground truth of the given images (``images``: a
+    DataFrame of ``bronze_images``): segmentation (RES) and the expression's box (REC, as open-vocabulary
+    detection)."""
     from florence2.targets import build_examples, from_synthetic
     from lakehouse.images import read_stored
 
@@ -27,7 +28,7 @@ def synthetic_referring_examples(truth_dir: Path, images, image_ids: set, limit:
     for t in truth:
         if t["image_id"] not in content:
             continue
-        for e in build_examples(from_synthetic(t), ["<REFERRING_EXPRESSION_SEGMENTATION>"]):
+        for e in build_examples(from_synthetic(t), ["<REFERRING_EXPRESSION_SEGMENTATION>", "<OPEN_VOCABULARY_DETECTION>"]):
             out.append({"image": content[t["image_id"]], "width": t["width"], "height": t["height"], "task": e.task,
                         "text_input": e.text, "region": None, "target": e.target})
     return out[:limit]

@@ -98,3 +98,37 @@ def test_coco_folder_examples_read_by_the_ingest_adapter_without_crowd_boxes(rea
     assert len(od) == 20 and sum(e["task"] == "<CAPTION>" for e in exs) == 20
     assert sum(e["target"].count("<loc_") for e in od) == 4 * 133
     assert all(e["width"] > 0 and e["height"] > 0 and e["image"][:2] == b"\xff\xd8" for e in od)
+
+
+def test_rec_is_the_first_box_open_vocabulary_detection_gives_for_an_expression_naming_one_object():
+    """REC accuracy: the answers to ``Locate {expression} in the image.`` of the synthetic world's referring
+    expressions (and of categories with one instance), first box at IoU >= 0.5; inputs naming several
+    objects are not REC items. Answers are replayed texts (the scoring is under test, not a model)."""
+    from florence2.parsing import format_answer, parse_instances
+    from florence2.targets import build_examples, from_synthetic
+    from lakehouse.synthetic import generate
+
+    task = "<OPEN_VOCABULARY_DETECTION>"
+    exs = []
+    for i, (scene, _) in enumerate(generate(12, seed=5)):
+        t = scene.to_dict()
+        exs += [{"image": f"{i}|{e.text}".encode(), "width": t["width"], "height": t["height"],
+                 "task": task, "text_input": e.text, "target": e.target}
+                for e in build_examples(from_synthetic(t), [task])]
+    one = [e for e in exs if e["target"].count("<loc_") == 4]
+    assert len(one) > 10 and len(one) < len(exs)  # some categories have several instances
+    right = {id(e) for e in one[: len(one) // 3]}
+
+    class Replay:  # answers the target for a third of the single-object inputs, a corner box for the rest
+        def predict(self, requests):
+            out = []
+            for q, e in zip(requests, exs):
+                text = e["target"] if id(e) in right else f"{e['text_input']}<loc_990><loc_990><loc_999><loc_999>"
+                out.append({"answer": format_answer("description_with_bboxes_or_polygons",
+                                                    parse_instances(text, "description_with_bboxes_or_polygons",
+                                                                    (e["width"], e["height"])))})
+            return out
+
+    got = ev.evaluate_examples(Replay(), exs)
+    assert got["model"]["rec_accuracy"] == pytest.approx(len(right) / len(one))
+    assert 0 <= got["baseline"]["rec_accuracy"] < 0.5  # a whole-image box rarely fits one shape

@@ -94,7 +94,9 @@ def test_targets_round_trip_within_half_a_bin():
             tol = lambda n: [half[i % 2] for i in range(n)]  # noqa: E731
             if ex.task in ("<OD>", "<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>", "<OPEN_VOCABULARY_DETECTION>"):
                 boxes = got["bboxes"]
-                want = {"<OPEN_VOCABULARY_DETECTION>": [r.bbox for r in ann.regions if r.label == ex.text]}.get(
+                # open vocabulary: every box of a category, or the one box of a referring expression
+                referred = [r.bbox for r in ann.referring if r.expression == ex.text]
+                want = {"<OPEN_VOCABULARY_DETECTION>": referred or [r.bbox for r in ann.regions if r.label == ex.text]}.get(
                     ex.task, [r.bbox for r in ann.regions])
                 assert len(boxes) == len(want)
                 assert all(any(_close(b, wb, tol(4)) for wb in want) for b in boxes), ex
@@ -138,7 +140,9 @@ def test_an_untrusted_label_is_not_taught():
     doubted = ann.regions[0]
     ann2 = dataclasses.replace(ann, regions=[dataclasses.replace(doubted, label_trusted=False)] + ann.regions[1:])
     got = build_examples(ann2)
-    tasks = {ex.task for ex in got}
+    # a referring expression's box is its own annotation, not a label claim: it stays
+    referring = {r.expression for r in ann.referring}
+    tasks = {ex.task for ex in got if not (ex.task == "<OPEN_VOCABULARY_DETECTION>" and ex.text in referring)}
     assert not tasks & {"<OD>", "<DENSE_REGION_CAPTION>", "<OPEN_VOCABULARY_DETECTION>"}
     assert "<REGION_PROPOSAL>" in tasks
     named = [tuple(ex.region) for ex in got if ex.task in ("<REGION_TO_CATEGORY>", "<REGION_TO_DESCRIPTION>")]
