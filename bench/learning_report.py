@@ -64,7 +64,7 @@ def main():
                    help="with --model: that run's checkpoint (RUN/checkpoints/step-N/state.pt) instead of its final "
                         "weights, e.g. the end of a curriculum's first phase")
     p.add_argument("--weight", nargs="*", default=[], metavar="TASK=N",
-                   help="mixture weights (whole examples per scene) over the default, e.g. '<OD>=4' (--direct)")
+                   help="mixture weights over the default, as the lakehouse's (2: each example twice; 0.5: about half), e.g. '<OD>=4' (--direct)")
     p.add_argument("--first", default=None, metavar="TASK[,TASK]=MINUTES",
                    help="curriculum (--direct): train on these tasks' examples alone for MINUTES, then on the whole "
                         "mixture from that model for the rest of --minutes (same tokenizer, fresh optimizer)")
@@ -82,8 +82,9 @@ def main():
         raise SystemExit("--one-schedule needs --first: it joins the curriculum's two phases into one schedule")
     for w in args.weight:
         task, _, n = w.partition("=")
-        if task not in MIXTURE or not n.isdigit():
-            raise SystemExit(f"--weight {w!r}: expected TASK=N with TASK one of {', '.join(MIXTURE)}")
+        if task not in MIXTURE or not n.replace(".", "", 1).isdigit():
+            raise SystemExit(f"--weight {w!r}: expected TASK=N (N >= 0, 0.5 keeps about half) with TASK one of "
+                             f"{', '.join(MIXTURE)}")
         MIXTURE[task] = float(n)
     if args.score:
         return score_saved(Path(args.score))
@@ -116,6 +117,7 @@ def direct(args):
 
     from florence2 import modeling, recipe
     from florence2.evaluation import evaluate_examples  # the scoring tools themselves load lazily
+    from lakehouse.examples import mixture_copies
     from lakehouse.synthetic import synthetic_rows, write_recipe_data
 
     t0 = time.time()
@@ -123,8 +125,9 @@ def direct(args):
     work = Path(args.home or tempfile.mkdtemp(prefix="fld-learn-direct-"))
     tasks = [t for t, w in MIXTURE.items() if w > 0]
     rows = []
-    for r in synthetic_rows(args.images, 41, tasks):  # a weight of 2 is each example twice
-        rows += [r | {"example_id": f"{r['example_id']}-{k}"} for k in range(int(MIXTURE[r["task"]]))]
+    for r in synthetic_rows(args.images, 41, tasks):  # the lakehouse's weighting: 2 is each example twice
+        rows += [r | {"example_id": f"{r['example_id']}-{k}"}
+                 for k in range(mixture_copies(r["example_id"], MIXTURE[r["task"]]))]
     data = write_recipe_data(rows, work / "data")
     val = synthetic_rows(args.val_images, VAL_SEED, val_tasks(MIXTURE))
     overrides = [f"model_size={args.size}", "source=files", f"max_minutes={args.minutes}", "max_steps=1000000",

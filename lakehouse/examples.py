@@ -46,7 +46,7 @@ def split_of(image_id: str, val_fraction: float) -> str:
     return "val" if int(image_id[:8], 16) % 10_000 < val_fraction * 10_000 else "train"
 
 
-def _keep(example_key: str, weight: float) -> int:
+def mixture_copies(example_key: str, weight: float) -> int:
     """How many copies of an example a mixture weight keeps (stable across runs)."""
     whole, frac = int(weight), weight - int(weight)
     u = int(hashlib.sha256(example_key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -85,7 +85,7 @@ def _examples(mixture: dict, val_fraction: float, round_: int, trusted, batches)
             examples = []
             for k, ex in enumerate(build_examples(ann, [t for t, w in mixture.items() if w > 0])):
                 key = f"{row['image_id']}|{ex.task}|{ex.text}|{ex.region}|{k}"
-                for copy in range(_keep(key, mixture[ex.task])):
+                for copy in range(mixture_copies(key, mixture[ex.task])):
                     examples.append({
                         "example_id": hashlib.sha256(f"{key}|{copy}".encode()).hexdigest(), "task": ex.task,
                         "text_input": ex.text, "region": None if ex.region is None else [float(v) for v in ex.region],
