@@ -83,8 +83,11 @@ class Config:
                                           # when its attention spreads over the box), predict the box's label
                                           # through the tied output layer: a whole shape, where one cell of a
                                           # large one sees flat colour
-    free_copied_words: bool = False       # answer words the prompt holds (grounding's phrases) are read from the
-                                          # prompt: region_attention leaves their positions alone
+    free_copied_words: bool = False       # answer words the prompt's input holds (grounding's phrases) are read
+                                          # from the prompt: region_attention leaves their positions alone
+    copy_attention: float = 0.0           # ... and the cross-attention that writes such a word is pulled onto
+                                          # the prompt tokens holding it (a pointer's supervision; implies
+                                          # free_copied_words): grounding R@1 matches phrases word for word
     scratch_positions: str = "bins"       # florence2.modeling.init_for_scratch: grid | bins
     vision_lr_scale: float = 1.0          # the vision tower's and projector's rate, as a multiple of lr
     augment: str = "none"                 # each <OD> example takes a random symmetry of its image and boxes
@@ -309,9 +312,24 @@ def edge_cells(mask, grid: int):
     return out
 
 
+def copied_words(input_ids: list[int], labels: list[int], loc_range, skip, heads=None,
+                 template=frozenset()) -> dict[int, list[int]]:
+    """Answer positions that write a word of the prompt's input -> the prompt positions holding that word.
+    Words are ``head_tokens`` ids (' red' and 'red' are one word); the prompts' fixed text (``template``,
+    ``tokenization.template_words``) and location tokens are never copied."""
+    a, b = loc_range
+    word = heads.__getitem__ if heads else int
+    held: dict[int, list[int]] = {}
+    for j, t in enumerate(input_ids):
+        if t not in skip and not a <= t < b and word(t) not in template:
+            held.setdefault(word(t), []).append(j)
+    return {p: held[word(t)] for p, t in enumerate(labels)
+            if t >= 0 and t not in skip and not a <= t < b and word(t) in held}
+
+
 def region_targets(input_ids, labels, loc_range, text_config, image_token_id: int,
                    edges: bool = False, heads: list[int] | None = None, prompts: bool = False,
-                   free_copied: bool = False) -> dict | None:
+                   free_copied: bool = False, copy: bool = False, template=frozenset()) -> dict | None:
     """The targets of the region terms, built on the host from the batch's token ids (run it before the
     batch moves to the device: parsing boxes on device tensors would sync every step).
 
@@ -322,8 +340,10 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     box's label, written at every answer position (``prompts``).  ``boxes`` (B, K, G*G) and ``box_labels``
     (B, K, -100 where an example has fewer) are each box's cells and label (``region_pool``).  ``first``/``grid`` locate the grid among the encoder's tokens.  ``heads``
     (``tokenization.head_tokens``) names a cell by its label's word without the leading space.
-    ``free_copied``: a label's tokens that its prompt holds (grounding copies its phrases from the caption)
-    get no ``where``: pulling the attention that copies them onto the image would fight the copy."""
+    ``free_copied``: a label's tokens that copy the prompt's input (``copied_words``: grounding copies its
+    phrases from the caption) get no ``where``: pulling the attention that copies them onto the image would
+    fight the copy.  ``copy`` (implies ``free_copied``): ``copy`` (B, L, S), for each such position the
+    prompt positions that hold its word."""
     import torch
 
     skip = {text_config.bos_token_id, text_config.eos_token_id, text_config.pad_token_id}
@@ -341,22 +361,26 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     k = max(len(b) for b in per_example)
     pooled = torch.zeros((labels.shape[0], k, grid * grid), dtype=torch.bool)
     box_labels = torch.full((labels.shape[0], k), -100, dtype=torch.long)
-    a, b = loc_range
+    free_copied = free_copied or copy
+    sources = torch.zeros(tuple(labels.shape) + (input_ids.shape[1],), dtype=torch.bool) if copy else None
     for i, boxes in enumerate(per_example):
+        copied = (copied_words(input_ids[i].tolist(), labels[i].tolist(), loc_range, skip, heads, template)
+                  if free_copied else {})
+        for p, js in copied.items() if copy else ():
+            sources[i, p, js] = True
         if not boxes:
             continue
-        held = set(input_ids[i].tolist()) if free_copied else None
-        row = labels[i].tolist() if free_copied else None
         cells[i] = text_config.eos_token_id
         for j, (word, box, span) in enumerate(sorted(boxes, key=lambda wb: -(wb[1][2] - wb[1][0]) * (wb[1][3] - wb[1][1]))):
             m = box_cells(box, grid)
             cells[i][m] = box_labels[i, j] = heads[word] if heads else word
             pooled[i, j] = m
-            where[i, span if held is None else [p for p in span if a <= row[p] < b or row[p] not in held]] = m
+            where[i, [p for p in span if p not in copied]] = m
             if edges and not asked[i]:  # the last four positions of a target's span are its location tokens
                 for pos, e in zip(span[-4:], edge_cells(m, grid)):
                     where[i, pos] = e
-    return {"cells": cells, "where": where, "boxes": pooled, "box_labels": box_labels, "first": first, "grid": grid}
+    out = {"cells": cells, "where": where, "boxes": pooled, "box_labels": box_labels, "first": first, "grid": grid}
+    return out | ({"copy": sources} if copy else {})
 
 
 def box_means(enc, boxes):
@@ -366,9 +390,9 @@ def box_means(enc, boxes):
 
 
 def region_losses(model, out, targets: dict, cfg: Config):
-    """(cell term, attention term, pooled term) of the region supervision (``Config.region_cells`` /
-    ``region_attention`` / ``region_pool``); each is a per-example mean like ``example_loss``, so Horovod
-    ranks average to the one-process value."""
+    """(cell term, attention term, pooled term, copy term) of the region supervision (``Config.region_cells``
+    / ``region_attention`` / ``region_pool`` / ``copy_attention``); each is a per-example mean like
+    ``example_loss``, so Horovod ranks average to the one-process value."""
     import torch
     import torch.nn.functional as F
 
@@ -389,15 +413,20 @@ def region_losses(model, out, targets: dict, cfg: Config):
             cell_term = _per_example_mean(ce, (cells != -100) & ~bg) + _per_example_mean(ce, bg)
         else:
             cell_term = _per_example_mean(ce, cells != -100)
-    attn_term = zero
+    attn_term = copy_term = zero
+    if (cfg.region_attention > 0 or cfg.copy_attention > 0) and not out.cross_attentions:
+        # SDPA returns none, and the terms would silently be 0
+        raise RuntimeError("region_attention / copy_attention > 0 need attention weights: call "
+                           "model.set_attn_implementation('eager') first (SDPA returns none)")
     if cfg.region_attention > 0:
-        if not out.cross_attentions:  # SDPA returns none, and the term would silently be 0
-            raise RuntimeError("region_attention > 0 needs attention weights: call "
-                               "model.set_attn_implementation('eager') first (SDPA returns none)")
         # mean over layers and heads of the attention paid to each grid token
         att = torch.stack([c[..., first:first + n] for c in out.cross_attentions]).float().mean((0, 2))
         attn_term = _per_example_mean(-torch.log((att * where.float()).sum(-1) + 1e-6), where.any(-1))
-    return cell_term, attn_term, pool_term
+    if cfg.copy_attention > 0 and "copy" in targets:
+        src = targets["copy"]
+        att = torch.stack(out.cross_attentions).float().mean((0, 2))
+        copy_term = _per_example_mean(-torch.log((att * src.float()).sum(-1) + 1e-6), src.any(-1))
+    return cell_term, attn_term, pool_term, copy_term
 
 
 def make_optimizer(model, cfg: Config, device: str):
@@ -416,33 +445,48 @@ def _is_vision(name: str) -> bool:
 
 
 def _uses_regions(cfg: Config) -> bool:
-    return cfg.region_cells > 0 or cfg.region_attention > 0 or cfg.region_pool > 0
+    return cfg.region_cells > 0 or cfg.region_attention > 0 or cfg.region_pool > 0 or cfg.copy_attention > 0
 
 
-def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | None = None, heads=None):
+def _needs_attention(cfg: Config) -> bool:
+    return cfg.region_attention > 0 or cfg.copy_attention > 0
+
+
+def batch_regions(input_ids, labels, cfg: Config, loc_range, model_config, tok=None) -> dict | None:
+    """``region_targets`` of a batch under ``cfg`` (host tensors); ``tok`` names words and the prompts' fixed
+    text (without it, token ids do, and ``copy_attention`` is refused)."""
+    from florence2.tokenization import head_tokens, template_words
+
+    if tok is None and cfg.copy_attention > 0:
+        raise ValueError("copy_attention > 0 needs the tokenizer: it tells the prompts' fixed words from the input's")
+    return region_targets(input_ids, labels, loc_range, model_config.text_config, model_config.image_token_id,
+                          cfg.region_edges, head_tokens(tok) if tok is not None else None, cfg.region_prompts, cfg.free_copied_words,
+                          cfg.copy_attention > 0, template_words(tok) if tok is not None else frozenset())
+
+
+def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | None = None, tok=None):
     """The training objective of one (micro-)batch: (total, task cross-entropy).  ``regions`` is
-    ``region_targets`` of the batch; without it they are built here from ``inputs`` (and ``heads``)."""
+    ``batch_regions`` of the batch; without it they are built here from ``inputs`` (and ``tok``)."""
     captured = []
     hook = None
     if cfg.image_variance > 0:
         hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
     use_regions = loc_range is not None and _uses_regions(cfg)
     if use_regions and regions is None:
-        regions = region_targets(inputs["input_ids"].cpu(), inputs["labels"].cpu(), loc_range,
-                                 model.config.text_config, model.config.image_token_id, cfg.region_edges, heads,
-                                 cfg.region_prompts, cfg.free_copied_words)
+        regions = batch_regions(inputs["input_ids"].cpu(), inputs["labels"].cpu(), cfg, loc_range, model.config, tok)
         regions = regions and {k: v.to(inputs["labels"].device) if hasattr(v, "to") else v for k, v in regions.items()}
     try:
         labels = inputs["labels"]
-        out = model(**inputs, output_attentions=bool(regions) and cfg.region_attention > 0)
+        out = model(**inputs, output_attentions=bool(regions) and _needs_attention(cfg))
     finally:
         if hook is not None:
             hook.remove()
     ce = example_loss(out.logits, labels, loc_range, cfg.loc_sigma)
     total = ce + cfg.image_variance * image_variance_loss(captured[0], cfg.image_variance_floor) if captured else ce
     if use_regions and regions:
-        cell_term, attn_term, pool_term = region_losses(model, out, regions, cfg)
-        total = total + cfg.region_cells * cell_term + cfg.region_attention * attn_term + cfg.region_pool * pool_term
+        cell_term, attn_term, pool_term, copy_term = region_losses(model, out, regions, cfg)
+        total = (total + cfg.region_cells * cell_term + cfg.region_attention * attn_term + cfg.region_pool * pool_term
+                 + cfg.copy_attention * copy_term)
     return total, ce
 
 
@@ -455,7 +499,6 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     import torch
 
     from florence2 import augment
-    from florence2.tokenization import head_tokens
 
     if isinstance(pixels, list):  # decoded images: resize and normalise here (as tensors on a GPU)
         pixels = proc.preprocess_tensor(pixels, device) if device.startswith("cuda") else proc.preprocess(pixels)
@@ -467,9 +510,7 @@ def prepare_batch(proc, pixels, prompts, targets, cfg: Config, model_config, loc
     inputs = proc.batch([], prompts, targets, pad_multiple=multiple) | {"pixel_values": pixels}
     regions = None
     if loc_range is not None and _uses_regions(cfg):
-        regions = region_targets(inputs["input_ids"], inputs["labels"], loc_range, model_config.text_config,
-                                 model_config.image_token_id, cfg.region_edges, head_tokens(proc.tokenizer),
-                                 cfg.region_prompts, cfg.free_copied_words)
+        regions = batch_regions(inputs["input_ids"], inputs["labels"], cfg, loc_range, model_config, proc.tokenizer)
     cuda = device.startswith("cuda")
 
     def move(v):
@@ -600,7 +641,7 @@ class Recipe:
         else:
             self.model, self.proc = modeling.create(cfg.model_size, tok, seed=cfg.seed, scratch_init=cfg.scratch_init,
                                                      positions=cfg.scratch_positions, image_size=cfg.image_size or None)
-        if cfg.region_attention > 0:
+        if _needs_attention(cfg):
             self.model.set_attn_implementation("eager")  # the only implementation that returns attention weights
         self.model.to(self.device).train()
         self.loc_range = modeling.loc_token_range(tok)

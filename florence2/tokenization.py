@@ -47,6 +47,18 @@ def load_tokenizer(path):
     return tok
 
 
+def template_words(tok) -> frozenset[int]:
+    """The words of the task prompts' fixed text (``florence2.tasks``) as ``head_tokens`` ids: an answer
+    word among them is not taken to copy the prompt's input (a caption's 'the' is the model's own)."""
+    cached = getattr(tok, "_fld_template_words", None)
+    if cached is None:
+        heads = head_tokens(tok)
+        cached = frozenset(heads[i] for t in TASKS.values()
+                           for i in tok(t.prompt.replace("{input}", " "), add_special_tokens=False)["input_ids"])
+        tok._fld_template_words = cached
+    return cached
+
+
 def head_tokens(tok) -> list[int]:
     """Per token id, the id of the same word without its leading space where the vocabulary has it
     (byte-level BPE writes ' star' as 'Ġstar', another token than 'star'), else the id itself.  The

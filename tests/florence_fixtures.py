@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 
 from florence2.targets import build_examples, from_synthetic
-from florence2.tokenization import head_tokens
 from lakehouse.synthetic import generate
 
 
@@ -70,7 +69,7 @@ def train_eight(max_steps: int, stop_loss: float):
     model.train()
     for _ in range(max_steps):
         total, ce = recipe.step_loss(model, batch, cfg, modeling.loc_token_range(proc.tokenizer),
-                                     heads=head_tokens(proc.tokenizer))
+                                     tok=proc.tokenizer)
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -7,6 +7,8 @@ fix the two losses were bit-identical: the visual features collapsed to a consta
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from florence2 import modeling, recipe
@@ -352,9 +354,66 @@ def test_free_copied_words_leave_the_attention_that_copies_a_phrase_alone():
     words = [p for p, t in enumerate(labels) if t >= 0 and not loc[0] <= t < loc[1]
              and t not in (tok.bos_token_id, tok.eos_token_id)]
     locs = [p for p, t in enumerate(labels) if loc[0] <= t < loc[1]]
-    held = set(batch["input_ids"][0].tolist())
-    copied = [p for p in words if labels[p] in held]
+    heads = head_tokens(tok)
+    held = {heads[t] for t in batch["input_ids"][0].tolist()}
+    copied = [p for p in words if heads[labels[p]] in held]  # 'A' copies the prompt's ' A'
     assert copied and all(pulled["where"][0, p].any() for p in copied)
     assert not any(free["where"][0, p].any() for p in copied)
     assert all(torch.equal(free["where"][0, p], pulled["where"][0, p]) for p in locs + [p for p in words if p not in copied])
     assert torch.equal(free["where"][1], pulled["where"][1]) and free["where"][1].any()  # <OD>: nothing copied
+
+
+def test_copy_attention_points_each_copied_word_at_the_prompt_tokens_that_hold_it():
+    """copy_attention: a grounding phrase's words point at the prompt
+    positions holding them ('A' at ' A'); location tokens, an <OD> label and a caption's 'the' (a word of
+    the prompts' fixed text) point nowhere; the term is -log of the attention those positions get, averaged
+    over layers and heads, and the image pull leaves copied words alone."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    from florence2.locations import box_tokens
+    from florence2.tasks import build_prompt
+    from florence2.tokenization import head_tokens, template_words
+
+    tok = tokenizer()
+    model, proc = modeling.create("tiny", tok)
+    box = box_tokens([10, 20, 60, 90], (100, 100))
+    prompts = [build_prompt("<CAPTION_TO_PHRASE_GROUNDING>", text="A red star on grey."), build_prompt("<OD>"),
+               build_prompt("<CAPTION>")]
+    batch = proc.batch([], prompts, ["A red star" + box, "star" + box, "the red star"])
+    loc = modeling.loc_token_range(tok)
+    cfg = recipe.Config(copy_attention=1.0)
+    got = recipe.batch_regions(batch["input_ids"], batch["labels"], cfg, loc, model.config, tok)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    heads = head_tokens(tok)
+    for p, t in enumerate(labels):
+        want = [j for j, u in enumerate(ids) if heads[u] == heads[t]] if t >= 0 and not loc[0] <= t < loc[1] \
+            and t not in (tok.bos_token_id, tok.eos_token_id) else []
+        assert got["copy"][0, p].nonzero().flatten().tolist() == want, (p, tok.convert_ids_to_tokens([t]))
+    phrase = [p for p, t in enumerate(labels) if got["copy"][0, p].any()]
+    assert len(phrase) == len(tok("A red star", add_special_tokens=False)["input_ids"])
+    assert not got["copy"][1:].any()  # <OD>'s label is not in its prompt; 'the' is the prompts' own word
+    assert heads[tok(" the", add_special_tokens=False)["input_ids"][0]] in template_words(tok)
+    assert not any(got["where"][0, p].any() for p in phrase)  # implies free_copied_words
+    assert got["where"][0].any() and got["where"][1].any()
+    with pytest.raises(ValueError, match="tokenizer"):
+        recipe.batch_regions(batch["input_ids"], batch["labels"], cfg, loc, model.config, None)
+
+    model.set_attn_implementation("eager")
+    model.eval()
+    inputs = batch | {"pixel_values": torch.rand(3, 3, proc.image_size, proc.image_size)}
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True)
+        *_, copy_term = recipe.region_losses(model, out, got, cfg)
+    att = torch.stack(out.cross_attentions).float().mean((0, 2))[0]  # (L, S) of the grounding example
+    want = sum(-math.log(float(att[p][got["copy"][0, p]].sum()) + 1e-6) for p in phrase) / len(phrase) / 3
+    assert float(copy_term) == pytest.approx(want, rel=1e-5)
+    with torch.no_grad():
+        total, _ = recipe.step_loss(model, inputs, cfg, loc, got)
+        plain, _ = recipe.step_loss(model, inputs, recipe.Config(copy_attention=0.0), loc, got)
+    assert float(total) - float(plain) == pytest.approx(float(copy_term), rel=1e-4)
