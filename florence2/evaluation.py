@@ -5,8 +5,8 @@
   ours come from the predictor (geometric mean of a box's location-token probabilities);
 - phrase grounding: Recall@1 at IoU >= 0.5 (the first box predicted for a phrase);
 - referring expressions: accuracy at IoU >= 0.5 of the first box that ``<OPEN_VOCABULARY_DETECTION>``
-  ("Locate {input} in the image.") answers for an input that names one object (RefCOCO's protocol in
-  the task language: an expression in, a box out);
+  ("Locate {input} in the image.") answers for a referring expression (examples marked ``refers``: one
+  object; RefCOCO's protocol in the task language, an expression in, a box out);
 - referring segmentation: mean IoU of polygon masks (shapely);
 - OCR: word precision / recall / F1 (same text and IoU >= 0.5) and character error rate.
 
@@ -163,7 +163,8 @@ def _box_of(poly_sets):
 
 
 def evaluate_examples(predictor, examples: list[dict], baseline: bool = True) -> dict:
-    """``examples``: dicts with image (bytes), width, height, task, text_input, region, target."""
+    """``examples``: dicts with image (bytes), width, height, task, text_input, region, target (and refers:
+    the input is a referring expression)."""
     from florence2.parsing import post_process_generation
     from florence2.predictor import Request
     from florence2.vocabulary import CAPTION_TASKS
@@ -221,9 +222,8 @@ def evaluate_examples(predictor, examples: list[dict], baseline: bool = True) ->
             bseg.append((whole, g[0] if g else []))
         metrics["res_miou"], base["res_miou"] = res_miou(seg), res_miou(bseg)
     ovd = "<OPEN_VOCABULARY_DETECTION>"
-    referred = [(e, o, g["bboxes"][0]) for e, o in preds.get(ovd, [])
-                for g in [post_process_generation(e["target"], ovd, (e["width"], e["height"]), as_int=False)[ovd]]
-                if len(g["bboxes"]) == 1]
+    referred = [(e, o, post_process_generation(e["target"], ovd, (e["width"], e["height"]), as_int=False)[ovd]
+                 ["bboxes"][0]) for e, o in preds.get(ovd, []) if e.get("refers")]
     if referred:
         metrics["rec_accuracy"] = rec_accuracy([((o["answer"]["bboxes"] or [None])[0], g) for _, o, g in referred])
         base["rec_accuracy"] = rec_accuracy([([0, 0, e["width"], e["height"]], g) for e, _, g in referred])

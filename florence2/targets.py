@@ -78,6 +78,7 @@ class Example:
     target: str
     text: str | None = None
     region: tuple | None = None
+    refers: bool = False  # the input is a referring expression (names one object): REC scores these
 
 
 CAPTION_TASKS = {c.name: c.task for c in CAPTION_LEVELS}
@@ -125,7 +126,8 @@ def build_examples(ann: ImageAnnotations, tasks=None) -> list[Example]:
     for r in ann.referring:
         add("<REFERRING_EXPRESSION_SEGMENTATION>", polygon_tokens(r.polygons, size), text=r.expression)
         # referring expression comprehension in the task language: the expression's one box
-        add("<OPEN_VOCABULARY_DETECTION>", _label(r.expression) + box_tokens(r.bbox, size), text=r.expression)
+        add("<OPEN_VOCABULARY_DETECTION>", _label(r.expression) + box_tokens(r.bbox, size), text=r.expression,
+            refers=True)
     for r in regions:
         if r.polygons:
             add("<REGION_TO_SEGMENTATION>", polygon_tokens(r.polygons, size), region=tuple(r.bbox))

@@ -30,7 +30,7 @@ def synthetic_referring_examples(truth_dir: Path, images, image_ids: set, limit:
             continue
         for e in build_examples(from_synthetic(t), ["<REFERRING_EXPRESSION_SEGMENTATION>", "<OPEN_VOCABULARY_DETECTION>"]):
             out.append({"image": content[t["image_id"]], "width": t["width"], "height": t["height"], "task": e.task,
-                        "text_input": e.text, "region": None, "target": e.target})
+                        "text_input": e.text, "region": None, "target": e.target, "refers": e.refers})
     return out[:limit]
 
 

@@ -469,7 +469,7 @@ def synthetic_rows(n_images: int, seed: int, tasks) -> list[dict]:
         for k, e in enumerate(build_examples(from_synthetic(scene.to_dict()), tasks)):
             rows.append({"example_id": f"{scene.scene_id}-{k:03d}", "image_id": scene.scene_id, "task": e.task,
                          "prompt": build_prompt(e.task, e.text, e.region, img.size), "target": e.target,
-                         "text_input": e.text, "region": list(e.region) if e.region else None,
+                         "text_input": e.text, "region": list(e.region) if e.region else None, "refers": e.refers,
                          "content": content, "width": img.size[0], "height": img.size[1]})
     return rows
 

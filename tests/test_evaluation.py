@@ -100,10 +100,10 @@ def test_coco_folder_examples_read_by_the_ingest_adapter_without_crowd_boxes(rea
     assert all(e["width"] > 0 and e["height"] > 0 and e["image"][:2] == b"\xff\xd8" for e in od)
 
 
-def test_rec_is_the_first_box_open_vocabulary_detection_gives_for_an_expression_naming_one_object():
+def test_rec_is_the_first_box_open_vocabulary_detection_gives_for_a_referring_expression():
     """REC accuracy: the answers to ``Locate {expression} in the image.`` of the synthetic world's referring
-    expressions (and of categories with one instance), first box at IoU >= 0.5; inputs naming several
-    objects are not REC items. Answers are replayed texts (the scoring is under test, not a model)."""
+    expressions, first box at IoU >= 0.5; a category's open-vocabulary example is not a REC item, even when
+    the category has one instance. Answers are replayed texts (the scoring is under test, not a model)."""
     from florence2.parsing import format_answer, parse_instances
     from florence2.targets import build_examples, from_synthetic
     from lakehouse.synthetic import generate
@@ -113,13 +113,14 @@ def test_rec_is_the_first_box_open_vocabulary_detection_gives_for_an_expression_
     for i, (scene, _) in enumerate(generate(12, seed=5)):
         t = scene.to_dict()
         exs += [{"image": f"{i}|{e.text}".encode(), "width": t["width"], "height": t["height"],
-                 "task": task, "text_input": e.text, "target": e.target}
+                 "task": task, "text_input": e.text, "target": e.target, "refers": e.refers}
                 for e in build_examples(from_synthetic(t), [task])]
-    one = [e for e in exs if e["target"].count("<loc_") == 4]
-    assert len(one) > 10 and len(one) < len(exs)  # some categories have several instances
-    right = {id(e) for e in one[: len(one) // 3]}
+    refs = [e for e in exs if e["refers"]]
+    assert len(refs) > 10 and all(e["target"].count("<loc_") == 4 for e in refs)
+    assert any(not e["refers"] and e["target"].count("<loc_") == 4 for e in exs)  # a category with one instance
+    right = {id(e) for e in refs[: len(refs) // 3] + [e for e in exs if not e["refers"]]}
 
-    class Replay:  # answers the target for a third of the single-object inputs, a corner box for the rest
+    class Replay:  # the target for a third of the referring expressions and every category, a corner box else
         def predict(self, requests):
             out = []
             for q, e in zip(requests, exs):
@@ -130,5 +131,5 @@ def test_rec_is_the_first_box_open_vocabulary_detection_gives_for_an_expression_
             return out
 
     got = ev.evaluate_examples(Replay(), exs)
-    assert got["model"]["rec_accuracy"] == pytest.approx(len(right) / len(one))
+    assert got["model"]["rec_accuracy"] == pytest.approx((len(refs) // 3) / len(refs))
     assert 0 <= got["baseline"]["rec_accuracy"] < 0.5  # a whole-image box rarely fits one shape
