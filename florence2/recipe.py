@@ -88,6 +88,8 @@ class Config:
     copy_attention: float = 0.0           # ... and the cross-attention that writes such a word is pulled onto
                                           # the prompt tokens holding it (a pointer's supervision; implies
                                           # free_copied_words): grounding R@1 matches phrases word for word
+    region_quads: bool = False            # <OCR_WITH_REGION>'s words count as boxes (their quads' bounding
+                                          # boxes) for the region terms: cells name the word, attention looks there
     scratch_positions: str = "bins"       # florence2.modeling.init_for_scratch: grid | bins
     vision_lr_scale: float = 1.0          # the vision tower's and projector's rate, as a multiple of lr
     augment: str = "none"                 # each <OD> example takes a random symmetry of its image and boxes
@@ -227,22 +229,27 @@ def image_variance_loss(features, floor: float):
     return torch.relu(floor - std).mean()
 
 
-def target_boxes(labels, loc_range: tuple[int, int], skip_ids) -> list[list[tuple[int, tuple, list[int]]]]:
+def target_boxes(labels, loc_range: tuple[int, int], skip_ids,
+                 quads: list[bool] | None = None) -> list[list[tuple[int, tuple, list[int]]]]:
     """The boxes a batch of targets names: per example, (last token of the box's text, (x0, y0, x1, y1)
     in bins, positions in the target of the text and the four location tokens).  The last token, so
     that OD's 'circle' and grounding's 'a red circle' give the image tokens of a circle one name.  Only text followed by
     four location tokens that form a box counts (OD, dense captions, grounding, open-vocabulary
-    detection); quads and polygons do not form boxes and are skipped."""
+    detection); polygons do not form boxes and are skipped, and so are quads unless ``quads`` marks the
+    example (``<OCR_WITH_REGION>``: eight location tokens, whose bounding box is the word's box)."""
     a, b = loc_range
     out = []
-    for row in labels.tolist():
+    for i, row in enumerate(labels.tolist()):
         boxes, word, span, locs, new = [], None, [], [], True
+        n = 8 if quads and quads[i] else 4
         for pos, t in enumerate(row):
             if a <= t < b:
                 locs.append(t - a)
                 span.append(pos)
-                if len(locs) == 4:
-                    x0, y0, x1, y1 = locs
+                if len(locs) == n:
+                    x0, y0, x1, y1 = min(locs[0::2]), min(locs[1::2]), max(locs[0::2]), max(locs[1::2])
+                    if n == 4:
+                        x0, y0, x1, y1 = locs
                     if word is not None and x1 > x0 and y1 > y0:
                         boxes.append((word, (x0, y0, x1, y1), span))
                     locs, span = [], []
@@ -329,7 +336,8 @@ def copied_words(input_ids: list[int], labels: list[int], loc_range, skip, heads
 
 def region_targets(input_ids, labels, loc_range, text_config, image_token_id: int,
                    edges: bool = False, heads: list[int] | None = None, prompts: bool = False,
-                   free_copied: bool = False, copy: bool = False, template=frozenset()) -> dict | None:
+                   free_copied: bool = False, copy: bool = False, template=frozenset(),
+                   quads: list[bool] | None = None) -> dict | None:
     """The targets of the region terms, built on the host from the batch's token ids (run it before the
     batch moves to the device: parsing boxes on device tensors would sync every step).
 
@@ -343,11 +351,12 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
     ``free_copied``: a label's tokens that copy the prompt's input (``copied_words``: grounding copies its
     phrases from the caption) get no ``where``: pulling the attention that copies them onto the image would
     fight the copy.  ``copy`` (implies ``free_copied``): ``copy`` (B, L, S), for each such position the
-    prompt positions that hold its word."""
+    prompt positions that hold its word.  ``quads``: the examples whose words carry quads (``target_boxes``;
+    no edges: a quad's corners are not a box's sides)."""
     import torch
 
     skip = {text_config.bos_token_id, text_config.eos_token_id, text_config.pad_token_id}
-    per_example = target_boxes(labels, loc_range, skip)
+    per_example = target_boxes(labels, loc_range, skip, quads)
     asked = prompt_boxes(input_ids, labels, loc_range, skip) if prompts else [None] * labels.shape[0]
     per_example = [boxes or ([q] if q else []) for boxes, q in zip(per_example, asked)]
     if not any(per_example):
@@ -376,7 +385,7 @@ def region_targets(input_ids, labels, loc_range, text_config, image_token_id: in
             cells[i][m] = box_labels[i, j] = heads[word] if heads else word
             pooled[i, j] = m
             where[i, [p for p in span if p not in copied]] = m
-            if edges and not asked[i]:  # the last four positions of a target's span are its location tokens
+            if edges and not asked[i] and not (quads and quads[i]):  # a span ends with its four location tokens
                 for pos, e in zip(span[-4:], edge_cells(m, grid)):
                     where[i, pos] = e
     out = {"cells": cells, "where": where, "boxes": pooled, "box_labels": box_labels, "first": first, "grid": grid}
@@ -457,11 +466,23 @@ def batch_regions(input_ids, labels, cfg: Config, loc_range, model_config, tok=N
     text (without it, token ids do, and ``copy_attention`` is refused)."""
     from florence2.tokenization import head_tokens, template_words
 
-    if tok is None and cfg.copy_attention > 0:
-        raise ValueError("copy_attention > 0 needs the tokenizer: it tells the prompts' fixed words from the input's")
+    if tok is None and (cfg.copy_attention > 0 or cfg.region_quads):
+        raise ValueError("copy_attention > 0 and region_quads need the tokenizer: it tells the prompts' fixed words "
+                         "from the input's, and which prompts ask for OCR with regions")
+    quads = None
+    if cfg.region_quads:
+        from florence2.tasks import build_prompt
+
+        ask = tok(build_prompt("<OCR_WITH_REGION>"), add_special_tokens=False)["input_ids"]
+        quads = [_holds(row, ask) for row in input_ids.tolist()]
     return region_targets(input_ids, labels, loc_range, model_config.text_config, model_config.image_token_id,
-                          cfg.region_edges, head_tokens(tok) if tok is not None else None, cfg.region_prompts, cfg.free_copied_words,
-                          cfg.copy_attention > 0, template_words(tok) if tok is not None else frozenset())
+                          cfg.region_edges, head_tokens(tok) if tok is not None else None, cfg.region_prompts,
+                          cfg.free_copied_words, cfg.copy_attention > 0,
+                          template_words(tok) if tok is not None else frozenset(), quads)
+
+
+def _holds(row: list[int], part: list[int]) -> bool:
+    return any(row[k:k + len(part)] == part for k in range(len(row) - len(part) + 1))
 
 
 def step_loss(model, inputs: dict, cfg: Config, loc_range=None, regions: dict | None = None, tok=None):

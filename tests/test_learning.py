@@ -417,3 +417,42 @@ def test_copy_attention_points_each_copied_word_at_the_prompt_tokens_that_hold_i
         total, _ = recipe.step_loss(model, inputs, cfg, loc, got)
         plain, _ = recipe.step_loss(model, inputs, recipe.Config(copy_attention=0.0), loc, got)
     assert float(total) - float(plain) == pytest.approx(float(copy_term), rel=1e-4)
+
+
+def test_region_quads_make_ocr_words_boxes_and_leave_two_boxes_of_a_phrase_two():
+    """region_quads: an <OCR_WITH_REGION> word and its eight location tokens are one box (the quad's bounding
+    box) named by the word, with no edge cells; a grounding phrase's two boxes (also eight location tokens in
+    a row) stay two boxes; without the flag the OCR example names no box."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from florence_fixtures import tokenizer
+
+    from florence2.locations import box_tokens, quad_tokens
+    from florence2.tasks import build_prompt
+
+    tok = tokenizer()
+    model, proc = modeling.create("tiny", tok)
+    quad = [20, 40, 80, 40, 80, 60, 20, 60]  # on a 100 x 100 image: the box (20, 40, 80, 60)
+    prompts = [build_prompt("<OCR_WITH_REGION>"), build_prompt("<CAPTION_TO_PHRASE_GROUNDING>", text="two stars")]
+    targets = ["HELLO" + quad_tokens(quad, (100, 100)),
+               "two stars" + box_tokens([0, 0, 30, 30], (100, 100)) + box_tokens([60, 60, 90, 90], (100, 100))]
+    batch = proc.batch([], prompts, targets)
+    loc = modeling.loc_token_range(tok)
+    on = recipe.batch_regions(batch["input_ids"], batch["labels"], recipe.Config(region_quads=True), loc,
+                              model.config, tok)
+    off = recipe.batch_regions(batch["input_ids"], batch["labels"], recipe.Config(), loc, model.config, tok)
+    grid = on["grid"]
+    want = recipe.box_cells(tuple(round(v * 10) for v in (20, 40, 80, 60)), grid)
+    assert want.any() and torch.equal(on["boxes"][0, 0], want)
+    labels = batch["labels"][0].tolist()
+    word = tok("HELLO", add_special_tokens=False)["input_ids"]
+    assert on["box_labels"][0, 0] == word[-1] and (on["box_labels"][0, 1:] == -100).all()
+    answer = [p for p, t in enumerate(labels) if t >= 0 and t not in (tok.bos_token_id, tok.eos_token_id)]
+    assert len(answer) == len(word) + 8 and all(torch.equal(on["where"][0, p], want) for p in answer)
+    assert (on["box_labels"][1] != -100).sum() == 2  # the phrase's two boxes
+    assert not off["where"][0].any() and (off["cells"][0] == -100).all()
+    assert torch.equal(on["where"][1], off["where"][1])
