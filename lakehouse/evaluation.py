@@ -29,6 +29,8 @@ def synthetic_referring_examples(truth_dir: Path, images, image_ids: set, limit:
         if t["image_id"] not in content:
             continue
         for e in build_examples(from_synthetic(t), ["<REFERRING_EXPRESSION_SEGMENTATION>", "<OPEN_VOCABULARY_DETECTION>"]):
+            if e.task == "<OPEN_VOCABULARY_DETECTION>" and not e.refers:  # a category's boxes: not REC
+                continue
             out.append({"image": content[t["image_id"]], "width": t["width"], "height": t["height"], "task": e.task,
                         "text_input": e.text, "region": None, "target": e.target, "refers": e.refers})
     return out[:limit]
