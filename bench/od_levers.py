@@ -72,7 +72,7 @@ def teacher_forced(model, proc, val, cfg) -> dict:
     model.set_attn_implementation("eager")
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)
-        cell, att, pool = recipe.region_losses(model, out, reg, cfg)
+        cell, att, pool, _ = recipe.region_losses(model, out, reg, cfg)
     first, n = reg["first"], reg["grid"] ** 2
     a = torch.stack([c[..., first:first + n] for c in out.cross_attentions]).float().mean((0, 2))
     written = reg["where"].any(-1)

@@ -87,7 +87,7 @@ def main():
         if args.cnn:
             cell = torch.nn.functional.cross_entropy(net(inputs["pixel_values"]), regions["cells"], ignore_index=-100)
         else:
-            cell, _, _ = recipe.region_losses(model, model(**inputs), regions, cfg)
+            cell, _, _, _ = recipe.region_losses(model, model(**inputs), regions, cfg)
         cell.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()

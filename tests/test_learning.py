@@ -137,7 +137,7 @@ def test_region_pool_names_each_box_by_its_label_and_scores_the_mean_of_its_cell
     cfg = recipe.Config(region_pool=1.0, region_attention=0.0)
     with torch.no_grad():
         out = model(**inputs)
-        _, _, pool = recipe.region_losses(model, out, got, cfg)
+        _, _, pool, _ = recipe.region_losses(model, out, got, cfg)
         enc = out.encoder_last_hidden_state[:, got["first"]:got["first"] + 64]
         ce = [F.cross_entropy(model.lm_head(enc[i][got["boxes"][i, j]].mean(0)), got["box_labels"][i, j])
               for i, j in ((0, 0), (0, 1), (1, 0))]
