@@ -76,7 +76,7 @@ def run_variant(size, tok, batches, over, plain, args, device):
             if plain:
                 total = model(**inputs).loss
             else:
-                total, _ = recipe.step_loss(model, inputs, cfg, loc, regions)
+                total, _ = recipe.step_loss(model, inputs, cfg, loc, regions, proc.tokenizer)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

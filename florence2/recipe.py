@@ -753,7 +753,7 @@ class Recipe:
         inputs, regions = prepare_batch(self.proc, pixels, prompts, targets, cfg, self.model.config, self.loc_range,
                                         self.device, moves)
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
-            total, ce = step_loss(self.model, inputs, cfg, self.loc_range, regions)
+            total, ce = step_loss(self.model, inputs, cfg, self.loc_range, regions, self.proc.tokenizer)
         (total / cfg.grad_accum).backward()
         self.micro += 1
         self.seen += len(prompts) * dist.size

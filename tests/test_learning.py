@@ -419,6 +419,15 @@ def test_copy_attention_points_each_copied_word_at_the_prompt_tokens_that_hold_i
     assert float(total) - float(plain) == pytest.approx(float(copy_term), rel=1e-4)
 
 
+def test_the_recipe_trains_with_copy_attention_and_region_quads_on_batches_that_name_no_box(tmp_path):
+    """A batch without boxes (captions alone: real sources have many) builds its region targets in the recipe's
+    step with the tokenizer the pointers need (it once failed there, on the real images)."""
+    data = write_recipe_data(synthetic_rows(4, 5, ["<CAPTION>", "<OCR>"]), tmp_path / "data", vocab_size=600)
+    cfg = recipe.Config(source="files", max_steps=2, batch_size=4, checkpoint_every=0, copy_attention=1.0,
+                        region_quads=True, output_dir=str(tmp_path / "run"))
+    assert recipe.train(cfg, data, log=lambda *a: None)["steps"] == 2
+
+
 def test_region_quads_make_ocr_words_boxes_and_leave_two_boxes_of_a_phrase_two():
     """region_quads: an <OCR_WITH_REGION> word and its eight location tokens are one box (the quad's bounding
     box) named by the word, with no edge cells; a grounding phrase's two boxes (also eight location tokens in
