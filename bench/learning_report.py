@@ -165,8 +165,7 @@ def direct(args):
            "image_ablation": ablation, "wall_s": round(time.time() - t0, 1),
            "predictions": [{"example_id": r["example_id"]} | o for r, o in zip(val, preds)]}
     out = Path(args.out or Path(__file__).parent / "results" / f"learning_report_direct_{args.size}_{device}")
-    res["od_boxes"] = od_boxes(val, preds)
-    res["grounding_phrases"] = grounding_phrases(val, preds)
+    res |= diagnostics(val, preds, proc.image_size)
     try:
         res["evaluation"] = evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val])
         if args.curve:
@@ -240,8 +239,7 @@ def probe(args) -> None:
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {device}", "mode": "probe", "model": args.model,
            "checkpoint": args.checkpoint,
            "size": "probed",
-           "val_images": args.val_images, "image_ablation": ablation, "od_boxes": od_boxes(val, preds),
-           "grounding_phrases": grounding_phrases(val, preds),
+           "val_images": args.val_images, "image_ablation": ablation, **diagnostics(val, preds, proc.image_size),
            "evaluation": evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val]),
            "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out or Path(__file__).parent / "results" / "model_probe")
@@ -263,9 +261,70 @@ def score_saved(path: Path) -> None:
         raise SystemExit(f"{path}: its predictions are not those of the regenerated validation scenes")
     res["evaluation"] = evaluate_examples(_Replay(val, [by_id[r["example_id"]] for r in val]),
                                           [{"image": r["content"], **r} for r in val])
-    res["od_boxes"] = od_boxes(val, [by_id[r["example_id"]] for r in val])
-    res["grounding_phrases"] = grounding_phrases(val, [by_id[r["example_id"]] for r in val])
+    res |= diagnostics(val, [by_id[r["example_id"]] for r in val],
+                       res.get("config", {}).get("image_size") or _side(res.get("size", "tiny")))
     _write_direct(path.with_suffix(""), res)
+
+
+def diagnostics(val, preds, side: int) -> dict:
+    """What the metrics hide, per family (``side``: the model's input size in pixels)."""
+    return {"od_boxes": od_boxes(val, preds), "grounding_phrases": grounding_phrases(val, preds),
+            "rec_expressions": rec_expressions(val, preds), "ocr_words": ocr_words(val, preds, side)}
+
+
+def _side(size: str) -> int:
+    from florence2.modeling import SIZES
+
+    return SIZES[size].image_size
+
+
+def rec_expressions(val, preds) -> dict:
+    """REC by the expression's kind ('the X', 'the colour X', longer): accuracy, answers that copy the
+    expression, answers that hold a whole box."""
+    from florence2.geometry import iou
+    from florence2.parsing import post_process_generation
+
+    task, kinds = "<OPEN_VOCABULARY_DETECTION>", {}
+    for r, p in zip(val, preds):
+        if r["task"] != task or not r.get("refers"):
+            continue
+        truth = post_process_generation(r["target"], task, (r["width"], r["height"]), as_int=False)[task]["bboxes"][0]
+        a = p.get("answer") or {}
+        boxes = a.get("bboxes") or []
+        k = kinds.setdefault({2: "the X", 3: "the colour X"}.get(len(r["text_input"].split()), "longer"),
+                             {"n": 0, "accuracy": 0, "copied": 0, "whole_box": 0})
+        k["n"] += 1
+        k["accuracy"] += bool(boxes) and iou(boxes[0], truth) >= 0.5
+        k["copied"] += (a.get("bboxes_labels") or [])[:1] == [r["text_input"]]
+        k["whole_box"] += bool(boxes)
+    return {name: {"n": k["n"]} | {m: round(k[m] / k["n"], 3) for m in ("accuracy", "copied", "whole_box")}
+            for name, k in kinds.items()}
+
+
+def ocr_words(val, preds, side: int) -> dict:
+    """What OCR word F1 hides: the words the <OCR_WITH_REGION> answers name (anywhere) against the true ones, and
+    how tall the true words are at the model's input (pixels)."""
+    import collections
+
+    from florence2.parsing import post_process_generation
+
+    task, said, right, true, heights = "<OCR_WITH_REGION>", collections.Counter(), 0, 0, []
+    for r, p in zip(val, preds):
+        if r["task"] != task:
+            continue
+        g = post_process_generation(r["target"], task, (r["width"], r["height"]), as_int=False)[task]
+        words = (p.get("answer") or {}).get("labels") or []
+        said.update(words)
+        true += len(g["labels"])
+        right += len(set(words) & set(g["labels"]))
+        heights += [(max(q[1::2]) - min(q[1::2])) * side / r["height"] for q in g["quad_boxes"]]
+    if not true:
+        return {}
+    heights.sort()
+    return {"true_words": true, "kinds": len({w for r in val if r["task"] == task for w in
+                                               post_process_generation(r["target"], task, (1, 1))[task]["labels"]}),
+            "named_right": right, "most_named": said.most_common(3),
+            "height_px": [round(heights[0], 1), round(heights[len(heights) // 2], 1), round(heights[-1], 1)]}
 
 
 def od_boxes(val, preds) -> dict:
@@ -349,6 +408,15 @@ def _write(out: Path, res: dict, headline: str) -> None:
         g = res["grounding_phrases"]
         lines += ["", f"<CAPTION_TO_PHRASE_GROUNDING> answers: of {g['phrases']} phrases, {g['copied']:.3f} copied word "
                       f"for word (R@1 matches them so), {g['head_noun']:.3f} with the right last word"]
+    if res.get("rec_expressions"):
+        lines += ["", "REC (<OPEN_VOCABULARY_DETECTION> on referring expressions) by kind: " + "; ".join(
+            f"{k}: n {v['n']}, accuracy {v['accuracy']:.3f}, expression copied {v['copied']:.3f}, whole box "
+            f"{v['whole_box']:.3f}" for k, v in res["rec_expressions"].items())]
+    if res.get("ocr_words"):
+        o = res["ocr_words"]
+        lines += ["", f"<OCR_WITH_REGION> answers: {o['named_right']} of {o['true_words']} true words ({o['kinds']} kinds) "
+                      f"named anywhere in the answer; most named {o['most_named']}; true words' height at the model's "
+                      f"input min / median / max {o['height_px']} px"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     out.with_suffix(".md").write_text(f"# Learning report\n\n{headline}\n\n" + "\n".join(lines) + "\n")
