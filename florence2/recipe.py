@@ -247,9 +247,7 @@ def target_boxes(labels, loc_range: tuple[int, int], skip_ids,
                 locs.append(t - a)
                 span.append(pos)
                 if len(locs) == n:
-                    x0, y0, x1, y1 = min(locs[0::2]), min(locs[1::2]), max(locs[0::2]), max(locs[1::2])
-                    if n == 4:
-                        x0, y0, x1, y1 = locs
+                    x0, y0, x1, y1 = locs if n == 4 else (min(locs[0::2]), min(locs[1::2]), max(locs[0::2]), max(locs[1::2]))
                     if word is not None and x1 > x0 and y1 > y0:
                         boxes.append((word, (x0, y0, x1, y1), span))
                     locs, span = [], []
