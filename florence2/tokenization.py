@@ -7,6 +7,7 @@ corpus text, with BART's special tokens at BART's ids (``<s>``=0, ``<pad>``=1,
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from florence2.locations import LOC_TOKENS, POLY_END, POLY_SEP, POLY_START
@@ -14,10 +15,14 @@ from florence2.tasks import TASKS
 
 SPECIAL = ("<s>", "<pad>", "</s>", "<unk>")
 IMAGE_TOKEN = "<image>"
+# Location and polygon tokens are added whole after training; in the corpus they would only spend merges on
+# '<loc_' fragments, and a target's words between them are still words (a line break keeps 'star' unprefixed).
+_ADDED = re.compile("|".join(re.escape(t) for t in (POLY_START, POLY_END, POLY_SEP)) + r"|<loc_\d+>")
 
 
 def build_tokenizer(corpus: Iterable[str], vocab_size: int = 2000):
-    """Train a byte-level BPE on ``corpus`` (plus every task prompt) and add Florence-2's tokens."""
+    """Train a byte-level BPE on ``corpus`` (plus every task prompt; location and polygon tokens taken out of
+    the texts, so an ``<OD>`` target teaches its label words) and add Florence-2's tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -27,7 +32,7 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 2000):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     prompts = [t.prompt.replace("{input}", "") for t in TASKS.values()]
-    tok.train_from_iterator(list(corpus) + prompts * 20, trainer)
+    tok.train_from_iterator([_ADDED.sub("\n", t) for t in corpus] + prompts * 20, trainer)
     # Location and polygon tokens are ordinary added tokens (decoded, not skipped), as in the official vocabulary.
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in (*LOC_TOKENS, POLY_START, POLY_END, POLY_SEP)])
     fast = PreTrainedTokenizerFast(

@@ -16,11 +16,11 @@ from jobs.common import base_parser, settings_from
 
 def main(argv=None) -> None:
     p = base_parser(__doc__)
-    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--images", type=int, default=1200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-minutes", type=float, default=4.0)
-    p.add_argument("--first", metavar="TASK[,TASK]=MINUTES", help="first phase (default <OD> for 60%%), or 'none'")
-    p.add_argument("--mixture", default="{}", help="JSON task weights over the flywheel bench's")
+    p.add_argument("--train-minutes", type=float, default=9.0)
+    p.add_argument("--first", metavar="TASK[,TASK]=MINUTES", help="first phase (default DEMO_FIRST), or 'none'")
+    p.add_argument("--mixture", help="JSON task weights over the flywheel bench's (default DEMO_MIXTURE)")
     args = p.parse_args(argv)
     s = settings_from(args)
     t0 = time.time()
@@ -32,12 +32,12 @@ def main(argv=None) -> None:
     ing = ingest.main(common)
     stage(3, "refinement round 1: specialists + human labels -> filters -> FLD -> quality gate -> publish")
     r1 = refine_round.main(common + ["--round=1"])
-    from lakehouse.training import first_phase, flywheel_train_args
+    from lakehouse.training import DEMO_FIRST, DEMO_MIXTURE, first_phase, flywheel_train_args
 
-    stage(4, f"train the tiny Florence-2 on round 1 ({args.train_minutes:g} min budget, the flywheel bench's recipe, "
-             f"first phase {first_phase(args.train_minutes, args.first)})")
-    tr = train.main(common + ["--run-name=demo-round1",
-                              *flywheel_train_args(args.train_minutes, args.first, json.loads(args.mixture))])
+    first, mixture = args.first or DEMO_FIRST, json.loads(args.mixture) if args.mixture else DEMO_MIXTURE
+    stage(4, f"train the tiny Florence-2 on round 1 ({args.train_minutes:g} min budget, the demo's mixture, "
+             f"first phase {first_phase(args.train_minutes, first)})")
+    tr = train.main(common + ["--run-name=demo-round1", *flywheel_train_args(args.train_minutes, first, mixture)])
     stage(5, "refinement round 2 with the round-1 model as a specialist")
     rounds = {1: r1}
     try:

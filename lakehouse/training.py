@@ -33,6 +33,12 @@ LEARNING_MIXTURE = {t: 0.0 for t in TASKS} | {"<OD>": 2.0, "<CAPTION>": 1.0, "<D
                                               "<CAPTION_TO_PHRASE_GROUNDING>": 2.0, "<OCR_WITH_REGION>": 2.0, "<OCR>": 1.0}
 # What a round's model trains on: the same, and <REGION_TO_CATEGORY>, which it answers when it relabels regions.
 ROUND_MIXTURE = LEARNING_MIXTURE | {"<REGION_TO_CATEGORY>": 2.0}
+# make demo's minutes: <OD> alone first, then every task with <OD> most of the examples (12 copies of each,
+# the rest at a quarter of ROUND_MIXTURE: 72%), so each answer format is trained from there on.  After <OD>
+# alone, one minute of ROUND_MIXTURE even at 4% of the peak rate left <OD> answering a label and no box
+# (<REGION_TO_CATEGORY>'s format; bench/results/demo_recipe.md).
+DEMO_MIXTURE = {t: w / 4 for t, w in ROUND_MIXTURE.items()} | {"<OD>": 12.0}
+DEMO_FIRST = "<OD>=3"
 # The recipe settings of the best CPU learning figures (bench/results/learning_report_od9_one_schedule*.md);
 # augmentation triples OD AP50 at 600 scenes and is neutral at 3,000 (learning_report_od_600_scenes_6min*.md);
 # copying the prompt's words takes grounding R@1 from 0.05 to 0.65 (learning_report_od9_ovd0*_copy_curve.md).
@@ -107,15 +113,15 @@ def pin_examples(spark, root, round_: int | None = None, version: int | None = N
 
 
 def training_tokenizer(spark, root, version: int, out_dir: Path) -> Path:
-    """The tokenizer of a run trained from scratch: learned on the train split's texts (not location
-    targets) and every prompt; kept when ``out_dir`` already has one (a resumed run)."""
+    """The tokenizer of a run trained from scratch: learned on the train split's targets (their words; the
+    location tokens are added whole) and every prompt; kept when ``out_dir`` already has one (a resumed run)."""
     from florence2.tokenization import build_tokenizer
     from lakehouse.examples import example_rows
     from lakehouse.tables import read
 
     if not (out_dir / "tokenizer.json").exists():
         ex = example_rows(read(spark, root, "training_examples", version=version))
-        texts = [r.target for r in ex.filter("split = 'train'").select("target").collect() if "<loc_" not in r.target]
+        texts = [r.target for r in ex.filter("split = 'train'").select("target").collect()]
         texts += [r.prompt for r in ex.select("prompt").distinct().collect()]
         build_tokenizer(texts, vocab_size=4000).save_pretrained(str(out_dir))
     return out_dir

@@ -159,3 +159,19 @@ def test_a_zoom_out_shrinks_the_image_and_its_od_target_together(k):
         assert diff.mean() < 0.05, diff.mean()
         assert (diff < 0.1).float().mean() > 0.9
     assert augment.od_target(od, augment.Move(0, 1.0, 0.3, 0.3)) is od
+
+
+def test_a_tokenizer_built_from_od_targets_alone_learns_their_label_words():
+    # A run whose mixture is <OD> alone (a curriculum's first phase) once learned a vocabulary without its
+    # labels ('square' as six letters) and spent merges on '<loc_' fragments.
+    from florence2.tokenization import build_tokenizer
+
+    targets = [f"{a}<loc_{i}><loc_{i + 3}><loc_{i + 9}><loc_{i + 20}>{b}<loc_7><loc_8><loc_900><loc_950>"
+               for i in range(0, 900, 7) for a, b in (("square", "star"), ("hexagon", "circle"))]
+    tok = build_tokenizer(targets + ["<poly><loc_1><loc_2><sep><loc_3><loc_4></poly>"], vocab_size=400)
+    ids = tok("hexagon<loc_5><loc_6><loc_7><loc_8>star<loc_9><loc_10><loc_11><loc_12>")["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["hexagon", "<loc_5>", "<loc_6>", "<loc_7>", "<loc_8>",
+                                              "star", "<loc_9>", "<loc_10>", "<loc_11>", "<loc_12>"]
+    added = set(tok.get_added_vocab())
+    fragments = [t for t in tok.get_vocab() if ("<" in t or ">" in t or "loc_" in t) and len(t) > 1 and t not in added]
+    assert not fragments, fragments
