@@ -33,12 +33,12 @@ LEARNING_MIXTURE = {t: 0.0 for t in TASKS} | {"<OD>": 2.0, "<CAPTION>": 1.0, "<D
                                               "<CAPTION_TO_PHRASE_GROUNDING>": 2.0, "<OCR_WITH_REGION>": 2.0, "<OCR>": 1.0}
 # What a round's model trains on: the same, and <REGION_TO_CATEGORY>, which it answers when it relabels regions.
 ROUND_MIXTURE = LEARNING_MIXTURE | {"<REGION_TO_CATEGORY>": 2.0}
-# make demo's minutes: <OD> alone first, then every task with <OD> most of the examples (12 copies of each,
+# make demo's 9 minutes: <OD> alone for 5, then every task with <OD> most of the examples (12 copies of each,
 # the rest at a quarter of ROUND_MIXTURE: 72%), so each answer format is trained from there on.  After <OD>
 # alone, one minute of ROUND_MIXTURE even at 4% of the peak rate left <OD> answering a label and no box
-# (<REGION_TO_CATEGORY>'s format; bench/results/demo_recipe.md).
+# (<REGION_TO_CATEGORY>'s format); 5 minutes alone doubled AP50 over 3 (bench/results/demo_recipe.md).
 DEMO_MIXTURE = {t: w / 4 for t, w in ROUND_MIXTURE.items()} | {"<OD>": 12.0}
-DEMO_FIRST = "<OD>=3"
+DEMO_FIRST = "<OD>=5"
 # The recipe settings of the best CPU learning figures (bench/results/learning_report_od9_one_schedule*.md);
 # augmentation triples OD AP50 at 600 scenes and is neutral at 3,000 (learning_report_od_600_scenes_6min*.md);
 # copying the prompt's words takes grounding R@1 from 0.05 to 0.65 (learning_report_od9_ovd0*_copy_curve.md).
