@@ -54,6 +54,8 @@ def answer_scores(val, texts) -> dict:
             same_label += best[0] == label
             hits += best[0] == label and ious[-1] >= 0.5
     n = len(ious)
+    if not n:  # no <OD> examples (a mixture without <OD>): nothing to describe
+        return {"true_boxes": 0, "pred_boxes": n_pred}
     return {"true_boxes": n, "pred_boxes": n_pred, "recall50_labelled": hits / n, "iou_median": statistics.median(ious),
             "boxes_iou50_any_label": sum(i >= 0.5 for i in ious) / n, "label_of_best_box": same_label / n}
 
