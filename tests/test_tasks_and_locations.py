@@ -162,7 +162,7 @@ def test_a_zoom_out_shrinks_the_image_and_its_od_target_together(k):
 
 
 def test_a_tokenizer_built_from_od_targets_alone_learns_their_label_words():
-    # A run whose mixture is <OD> alone (a curriculum's first phase) once learned a vocabulary without its
+    # A run whose whole mixture is <OD> alone once learned a vocabulary without its
     # labels ('square' as six letters) and spent merges on '<loc_' fragments.
     from florence2.tokenization import build_tokenizer
 
