@@ -451,3 +451,22 @@ def test_augmentation_moves_the_od_examples_of_a_batch_and_nothing_else(pinned, 
     bad = subprocess.run([sys.executable, "-m", "lakehouse.training", "--data", str(s.home / "data.json"),
                           f"output_dir={tmp_path / 'bad'}", "zoom_out=1.5"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "zoom_out=1.5: expected the smallest scale, in (0, 1]" in bad.stderr
+
+
+def test_a_run_of_od_alone_gets_a_tokenizer_that_holds_its_label_words(spark, pinned, tmp_path):
+    # training_tokenizer once left every target with a location token out of its corpus: a run of <OD> alone
+    # learned no label ('square' as six letters)
+    import re
+
+    from florence2.tasks import TASKS
+    from florence2.tokenization import load_tokenizer
+    from lakehouse.training import training_tokenizer
+
+    s, root, _, _, _ = pinned
+    only_od = {t: 0.0 for t in TASKS} | {"<OD>": 1.0}
+    v = write_training_examples(spark, root, build_training_examples(spark, root, 1, None, only_od, 0.2), {"test": 2})
+    targets = [r.target for r in example_rows(read(spark, root, "training_examples", version=v)).collect()]
+    labels = {w for t in targets for w in re.findall(r"([^<>]+)<loc_", t)}
+    assert labels and all(t.count("<loc_") for t in targets)
+    tok = load_tokenizer(training_tokenizer(spark, root, v, tmp_path / "tok"))
+    assert {w: len(tok(w, add_special_tokens=False)["input_ids"]) for w in labels} == {w: 1 for w in labels}
