@@ -65,15 +65,16 @@ def od_ap50(model, proc, rows) -> dict:
     return {"od_ap50": coco_map(gt, pred)["AP50"], "od_ap50_class_agnostic": agnostic}
 
 
-def cell_label_accuracy(model, proc, rows, cfg) -> float:
+def cell_label_accuracy(model, proc, rows, cfg, task: str = "<OD>") -> float:
     """How often an image token inside a held-out box names the box's label (argmax of the region-cell
-    classifier over the label vocabulary): can the vision side tell the classes apart at all?"""
+    classifier over the label vocabulary): can the vision side tell the classes apart at all?  ``task``:
+    whose boxes (``<OCR_WITH_REGION>`` with ``cfg.region_quads``: the words, each named by its last token)."""
     import io
 
     import torch
     from PIL import Image
 
-    od = [r for r in rows if r["task"] == "<OD>"][:64]
+    od = [r for r in rows if r["task"] == task][:64]
     loc = modeling.loc_token_range(proc.tokenizer)
     inputs, regions = recipe.prepare_batch(proc, [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in od],
                                            [r["prompt"] for r in od], [r["target"] for r in od], cfg, model.config,

@@ -3,9 +3,12 @@
 Trains a fresh tiny model on the region-cell term alone (each image token inside an <OD> box predicts
 the box's label through the tied output layer; ``florence2.recipe.region_losses``), with no text loss,
 and reports held-out cell label accuracy (8 classes, chance 0.125) every ``--every`` steps.  If this
-is slow, no decoder-side lever can make <OD> labels right within a CPU budget.
+is slow, no decoder-side lever can make <OD> labels right within a CPU budget.  ``--task
+'<OCR_WITH_REGION>'`` asks the same of the words (each cell inside a word's quad names the word's last
+token; 16 words): can the encoder read at this input size at all?
 
     .venv/bin/python bench/vision_probe.py --lr 1e-3 --steps 1200
+    .venv/bin/python bench/vision_probe.py --task '<OCR_WITH_REGION>' --steps 800 [--set image_size=256]
 """
 from __future__ import annotations
 
@@ -40,15 +43,17 @@ def main():
     p.add_argument("--size", default="tiny", help="model preset the probe starts from")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of the preset, e.g. image_size=256 or patch_stride=4,2,2,2")
+    p.add_argument("--task", default="<OD>", choices=("<OD>", "<OCR_WITH_REGION>"), help="whose boxes the cells name")
     p.add_argument("--cnn", action="store_true",
                    help="calibration: a plain 4-layer CNN (stride 16, the same 8x8 cells) on the same targets")
     args = p.parse_args()
     import tempfile
 
-    rows, val = synthetic_rows(args.images, 41, ["<OD>"]), synthetic_rows(100, 42, ["<OD>"])
+    rows, val = synthetic_rows(args.images, 41, [args.task]), synthetic_rows(100, 42, [args.task])
+    rows = [r for r in rows if r["target"]]  # scenes without words: nothing for the cells to name
     data = write_recipe_data(rows + val, Path(tempfile.mkdtemp(prefix="fld-probe-")))
     tok = load_tokenizer(data["tokenizer"])
-    cfg = recipe.Config(region_attention=0.0)
+    cfg = recipe.Config(region_attention=0.0, region_quads=args.task == "<OCR_WITH_REGION>")
     size = args.size
     if args.set:
         overrides = {}
@@ -75,7 +80,7 @@ def main():
             return _cnn_accuracy(net, regions["cells"], inputs["pixel_values"], tok.eos_token_id)
         model.eval()
         try:
-            return cell_label_accuracy(model, proc, val, cfg)
+            return cell_label_accuracy(model, proc, [r for r in val if r["target"]], cfg, args.task)
         finally:
             model.train()
 
@@ -96,8 +101,10 @@ def main():
             curve.append({"step": step, "seconds": round(time.time() - t0, 1), "cell_loss": round(float(cell), 4),
                           "val_cell_label_accuracy": round(accuracy(), 4)})
             print(json.dumps(curve[-1]), flush=True)
-    out = Path(args.out or Path(__file__).parent / "results" / f"vision_probe{'_cnn' if args.cnn else ''}_lr{args.lr:g}.json")
-    out.write_text(json.dumps({"model": "plain CNN" if args.cnn else "florence2", "size": dataclasses.asdict(modeling.SIZES[size]), "lr": args.lr, "batch": args.batch, "images": args.images, "chance": 1 / 8,
+    ocr = "_ocr" if args.task != "<OD>" else ""
+    out = Path(args.out or Path(__file__).parent / "results" / f"vision_probe{ocr}{'_cnn' if args.cnn else ''}_lr{args.lr:g}.json")
+    out.write_text(json.dumps({"model": "plain CNN" if args.cnn else "florence2", "task": args.task, "size": dataclasses.asdict(modeling.SIZES[size]), "lr": args.lr, "batch": args.batch, "images": args.images,
+                               "chance": 1 / 16 if ocr else 1 / 8,
                                "curve": curve}, indent=2) + "\n")
 
 
