@@ -186,7 +186,7 @@ def _answers(model, proc, val, device: str, loc_sigma: float):
 
     preds = Predictor(model, proc, device=device, batch_size=64, max_new_tokens=256).predict([_request(r) for r in val])
     ablation = {}
-    for task in ("<OD>", "<CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_TO_CATEGORY>"):
+    for task in ("<OD>", "<CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_TO_CATEGORY>", "<OCR_WITH_REGION>"):
         sel = [r for r in val if r["task"] == task][:32]
         if not sel:  # a mixture without this task
             continue
