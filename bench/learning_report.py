@@ -240,6 +240,7 @@ def probe(args) -> None:
            "checkpoint": args.checkpoint,
            "size": "probed",
            "val_images": args.val_images, "image_ablation": ablation, **diagnostics(val, preds, proc.image_size),
+           "encoder_spread": encoder_spread(model, proc, val),
            "evaluation": evaluate_examples(_Replay(val, preds), [{"image": r["content"], **r} for r in val]),
            "wall_s": round(time.time() - t0, 1)}
     out = Path(args.out or Path(__file__).parent / "results" / "model_probe")
@@ -264,6 +265,32 @@ def score_saved(path: Path) -> None:
     res |= diagnostics(val, [by_id[r["example_id"]] for r in val],
                        res.get("config", {}).get("image_size") or _side(res.get("size", "tiny")))
     _write_direct(path.with_suffix(""), res)
+
+
+def encoder_spread(model, proc, val, per_task: int = 16) -> dict:
+    """Per task, how much the text encoder's states differ across images, layer by layer (std across the
+    batch, mean over positions and features; input embeddings first): a last layer near 0 is an encoder
+    that has collapsed, and the decoder then sees neither the image nor the prompt."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from florence2 import recipe
+
+    out = {}
+    model.eval()
+    for task in ("<OD>", "<OCR_WITH_REGION>"):
+        sel = [r for r in val if r["task"] == task and r["target"]][:per_task]
+        if len(sel) < 2:
+            continue
+        inputs, _ = recipe.prepare_batch(proc, [Image.open(io.BytesIO(r["content"])).convert("RGB") for r in sel],
+                                         [r["prompt"] for r in sel], [r["target"] for r in sel], recipe.Config(),
+                                         model.config, None, "cpu")
+        with torch.no_grad():
+            hidden = model.to("cpu")(**inputs, output_hidden_states=True).encoder_hidden_states
+        out[task] = [round(float(h.float().std(0).mean()), 4) for h in hidden]
+    return out
 
 
 def diagnostics(val, preds, side: int) -> dict:
@@ -395,6 +422,9 @@ def _write(out: Path, res: dict, headline: str) -> None:
               "| task | own images | shuffled | gap |", "|---|---|---|---|"]
     lines += [f"| {t} | {a['loss_true_images']:.4f} | {a['loss_shuffled_images']:.4f} | {a['gap']:.4f} |"
               for t, a in sorted(res["image_ablation"].items())]
+    if res.get("encoder_spread"):
+        lines += ["", "Text encoder states' spread across images, layer by layer (input embeddings first; ~0 at the "
+                      "last layer: the encoder has collapsed): " + "; ".join(f"{t} {v}" for t, v in res["encoder_spread"].items())]
     if res.get("curve"):
         keys = [k for k in CURVE if k in res["curve"][0]]
         lines += ["", "Learning curve (the run's checkpoints, scored the same way):", "",
